@@ -1,0 +1,28 @@
+"""nb2task: run parameterized Jupyter notebooks as Cirrus (stactask) tasks.
+
+In a notebook, ``import nb2task`` is light: ``read_items`` and ``emit`` come from
+``nb2task.runtime``; the task machinery (stactask, papermill) loads only when used.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .runtime import emit, read_items
+
+__version__ = "0.1.0"
+
+__all__ = ["emit", "read_items", "NotebookTask", "lambda_handler", "__version__"]
+
+
+def __getattr__(name: str) -> Any:
+    # Heavy parts load on first use, so that notebooks import nb2task quickly.
+    if name == "NotebookTask":
+        from .task import NotebookTask
+
+        return NotebookTask
+    if name == "lambda_handler":
+        from .lambda_function import lambda_handler
+
+        return lambda_handler
+    raise AttributeError(f"module 'nb2task' has no attribute {name!r}")

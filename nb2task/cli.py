@@ -1,0 +1,141 @@
+"""The ``nb2task`` command line: parses arguments, calls the API, prints.
+
+Exit codes: 0 success, 1 the task failed, 2 bad usage or unusable notebook,
+3 invalid input (payload or parameters). On failure the last line on stderr is
+``dotted.ErrorName: message``, which Cirrus' post-batch step parses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+
+LOCAL_WORKDIR = "local-output"
+QUIET_LOGGERS = ("botocore", "s3transfer", "urllib3", "fsspec", "asyncio", "aiobotocore", "traitlets")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``nb2task``."""
+    parser = argparse.ArgumentParser(
+        prog="nb2task", description="Run parameterized Jupyter notebooks as Cirrus tasks."
+    )
+    parser.add_argument("--version", action="version", version=f"nb2task {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a notebook as a task on one payload")
+    run.add_argument("notebook", type=Path, help="the notebook (.ipynb)")
+    run.add_argument("input", nargs="?", help="payload: path or URL (s3://...); stdin if omitted")
+    run.add_argument("--output", help="write the output payload here (path or URL); stdout if omitted")
+    run.add_argument("--workdir", type=Path, help="work directory (kept); a temporary one if omitted")
+    run.add_argument(
+        "--save-workdir", action="store_true", default=None, help="keep the temporary workdir"
+    )
+    run.add_argument("--upload", action=argparse.BooleanOptionalAction, default=True,
+                     help="upload output assets (default: on)")
+    run.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True,
+                     help="validate the input payload (default: on)")
+    run.add_argument("--local", action="store_true",
+                     help=f"workdir {LOCAL_WORKDIR}/, no upload, output {LOCAL_WORKDIR}/output-payload.json")
+    run.add_argument("--task-name", help="task name in process[0].tasks (default: notebook metadata or file stem)")
+    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
+                     metavar=("NAME", "VALUE"), help="set a parameter (overrides the payload)")
+    run.add_argument("--cell-timeout", type=float, help="seconds a cell may run (default: no limit)")
+    run.add_argument("--logging", default="INFO", help="log level: DEBUG, INFO, WARNING, ERROR")
+
+    inspect = commands.add_parser("inspect", help="show a notebook's parameters")
+    inspect.add_argument("notebook", type=Path)
+    inspect.add_argument("--json", action="store_true", help="print the JSON Schema")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``nb2task`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        if args.command == "run":
+            _configure_logging(args.logging)
+            _run(args)
+        elif args.command == "inspect":
+            _inspect(args)
+        return 0
+    except KeyboardInterrupt:
+        print("KeyboardInterrupt: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 - every failure ends in one clean line
+        return _report(err)
+
+
+def _run(args: argparse.Namespace) -> None:
+    from .task import run_notebook
+
+    options: dict[str, Any] = {
+        "workdir": args.workdir,
+        "save_workdir": args.save_workdir,
+        "upload": args.upload,
+        "validate": args.validate,
+    }
+    output = args.output
+    if args.local:
+        options["workdir"] = args.workdir or Path(LOCAL_WORKDIR)
+        options["save_workdir"] = True
+        options["upload"] = False
+        output = output or str(Path(options["workdir"]) / "output-payload.json")
+    run_notebook(
+        args.notebook,
+        args.input,
+        output,
+        task_name=args.task_name,
+        overrides=dict(args.parameter),
+        cell_timeout=args.cell_timeout,
+        **options,
+    )
+
+
+def _inspect(args: argparse.Namespace) -> None:
+    from .notebook import Notebook
+
+    notebook = Notebook.load(args.notebook)
+    if args.json:
+        print(json.dumps(notebook.schema.json_schema(title=notebook.name), indent=2))
+        return
+    rows = [("name", "type", "default", "help")]
+    for p in notebook.schema.parameters:
+        default = "(required)" if p.required else repr(p.default)
+        rows.append((p.name, p.type_label, default, p.help))
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    print(f"{notebook.name} {notebook.settings.version}: {notebook.path}")
+    for row in rows:
+        print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
+    reserved = sorted(notebook.schema.declared_reserved)
+    print(f"injected by nb2task: {', '.join(reserved) if reserved else 'none'}")
+
+
+def _configure_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
+    )
+    for name in QUIET_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _report(err: Exception) -> int:
+    from .errors import Nb2TaskError, error_line, exit_code
+    from stactask.exceptions import InvalidInput
+
+    if not isinstance(err, Nb2TaskError | InvalidInput):
+        # An unexpected error: the traceback helps whoever debugs it.
+        logging.getLogger("nb2task").exception("unexpected error")
+    logging.shutdown()
+    sys.stdout.flush()
+    print(error_line(err), file=sys.stderr, flush=True)
+    return exit_code(err)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

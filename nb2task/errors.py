@@ -1,0 +1,88 @@
+"""nb2task's exceptions and the one-line error format Cirrus reads.
+
+Bad input (payload, parameters) is ``stactask.exceptions.InvalidInput``: Cirrus marks
+such a payload INVALID instead of FAILED. Everything else that goes wrong in a run
+is an ``Nb2TaskError``.
+"""
+
+from __future__ import annotations
+
+from stactask.exceptions import InvalidInput
+
+__all__ = [
+    "InvalidInput",
+    "Nb2TaskError",
+    "NotebookError",
+    "NotebookCellError",
+    "InvalidItemError",
+    "error_line",
+    "EXIT_OK",
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "EXIT_INVALID_INPUT",
+]
+
+EXIT_OK = 0
+EXIT_FAILED = 1  # the task ran and failed (notebook raised, bad emitted items, I/O)
+EXIT_USAGE = 2  # the command line or the notebook file itself is wrong
+EXIT_INVALID_INPUT = 3  # the payload or its parameters are invalid
+
+# Exceptions a notebook may raise whose meaning Cirrus knows: the kernel reports
+# only the class name, so we restore the dotted name here.
+_KNOWN_KERNEL_ERRORS = {
+    "InvalidInput": "stactask.exceptions.InvalidInput",
+    "FailedValidation": "stactask.exceptions.FailedValidation",
+}
+
+
+class Nb2TaskError(Exception):
+    """Base class of nb2task's own errors."""
+
+
+class NotebookError(Nb2TaskError):
+    """The notebook file cannot be used as a task (unreadable, bad parameters cell)."""
+
+
+class InvalidItemError(Nb2TaskError):
+    """The notebook emitted something that is not a valid STAC item."""
+
+
+class NotebookCellError(Nb2TaskError):
+    """A cell of the notebook raised; carries the kernel's error name and cell."""
+
+    def __init__(self, ename: str, evalue: str, cell_index: int, exec_count: int | None):
+        self.ename = ename
+        self.evalue = evalue
+        self.cell_index = cell_index
+        self.exec_count = exec_count
+        super().__init__(f"{evalue} (notebook cell {cell_index}, In [{exec_count}])")
+
+    @property
+    def dotted_name(self) -> str:
+        """The error's name as Cirrus should record it."""
+        return _KNOWN_KERNEL_ERRORS.get(self.ename, self.ename)
+
+
+def error_name(exc: BaseException) -> str:
+    """Dotted name of an exception, as Cirrus' post-batch step parses it."""
+    if isinstance(exc, NotebookCellError):
+        return exc.dotted_name
+    cls = type(exc)
+    if cls.__module__ == "builtins":
+        return cls.__qualname__
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def error_line(exc: BaseException) -> str:
+    """One line, ``dotted.ErrorName: message``, for the last line of stderr."""
+    message = " ".join(str(exc).split()) or "(no message)"
+    return f"{error_name(exc)}: {message}"
+
+
+def exit_code(exc: BaseException) -> int:
+    """The process exit code for a run that ended with ``exc``."""
+    if isinstance(exc, InvalidInput):
+        return EXIT_INVALID_INPUT
+    if isinstance(exc, NotebookError):
+        return EXIT_USAGE
+    return EXIT_FAILED

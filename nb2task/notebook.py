@@ -1,0 +1,124 @@
+"""Read a notebook as a task: its parameters cell, schema and settings.
+
+Task settings live in the notebook's metadata under ``nb2task`` (see
+``docs/notebook-contract.md``); anything missing falls back to a sensible default.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from .errors import NotebookError
+from .schema import ParameterSchema
+
+PARAMETERS_TAG = "parameters"
+SKIP_TAG = "nb2task-skip"
+METADATA_KEY = "nb2task"
+
+
+@dataclass(frozen=True)
+class TaskSettings:
+    """Settings of the task, from notebook metadata ``nb2task``."""
+
+    name: str
+    version: str = "0.1.0"
+    description: str = ""
+    download_assets: tuple[str, ...] = ()
+    requirements: tuple[str, ...] = ()
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_metadata(cls, metadata: dict[str, Any], default_name: str) -> TaskSettings:
+        """Settings from a notebook's ``metadata.nb2task`` mapping."""
+        if not isinstance(metadata, dict):
+            raise NotebookError(f"notebook metadata '{METADATA_KEY}' must be a mapping")
+        known = {"name", "version", "description", "download_assets", "requirements"}
+        assets = metadata.get("download_assets", ())
+        if isinstance(assets, str):
+            assets = (assets,)
+        return cls(
+            name=str(metadata.get("name") or default_name),
+            version=str(metadata.get("version", "0.1.0")),
+            description=str(metadata.get("description", "")),
+            download_assets=tuple(str(a) for a in assets),
+            requirements=tuple(str(r) for r in metadata.get("requirements", ())),
+            extra={k: v for k, v in metadata.items() if k not in known},
+        )
+
+
+@dataclass(frozen=True)
+class Notebook:
+    """A notebook file, read once, with what nb2task needs to know of it."""
+
+    path: Path
+    node: nbformat.NotebookNode
+    schema: ParameterSchema
+    settings: TaskSettings
+
+    @classmethod
+    def load(cls, path: str | Path, task_name: str | None = None) -> Notebook:
+        """Read ``path`` and its parameters cell; raise NotebookError if unusable."""
+        path = Path(path)
+        node = _read(path)
+        cell = parameters_cell(node)
+        schema = ParameterSchema.from_source(cell.source) if cell else ParameterSchema()
+        settings = TaskSettings.from_metadata(
+            node.metadata.get(METADATA_KEY, {}), default_name=path.stem
+        )
+        if task_name:
+            settings = _replace_name(settings, task_name)
+        return cls(path.resolve(), node, schema, settings)
+
+    @property
+    def name(self) -> str:
+        return self.settings.name
+
+    def runnable(self) -> nbformat.NotebookNode:
+        """A copy of the notebook to execute: ``nb2task-skip`` cells removed."""
+        node = copy.deepcopy(self.node)
+        node.cells = [c for c in node.cells if SKIP_TAG not in _tags(c)]
+        return node
+
+
+def _replace_name(settings: TaskSettings, name: str) -> TaskSettings:
+    from dataclasses import replace
+
+    return replace(settings, name=name)
+
+
+def _read(path: Path) -> nbformat.NotebookNode:
+    if not path.is_file():
+        raise NotebookError(f"notebook not found: {path}")
+    if path.suffix == ".py":
+        return _read_jupytext(path)
+    try:
+        return nbformat.read(path, as_version=4)
+    except Exception as err:  # nbformat raises several unrelated types
+        raise NotebookError(f"cannot read notebook {path}: {err}") from err
+
+
+def _read_jupytext(path: Path) -> nbformat.NotebookNode:
+    try:
+        import jupytext  # type: ignore[import-not-found]
+    except ImportError as err:
+        raise NotebookError(
+            f"{path} is a .py notebook: install jupytext to use it (pip install jupytext)"
+        ) from err
+    return jupytext.read(path)  # type: ignore[no-any-return]
+
+
+def _tags(cell: nbformat.NotebookNode) -> list[str]:
+    return list(cell.get("metadata", {}).get("tags", []))
+
+
+def parameters_cell(node: nbformat.NotebookNode) -> nbformat.NotebookNode | None:
+    """The first code cell tagged ``parameters``, if any."""
+    for cell in node.cells:
+        if cell.cell_type == "code" and PARAMETERS_TAG in _tags(cell):
+            return cell
+    return None

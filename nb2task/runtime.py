@@ -1,0 +1,115 @@
+"""What a notebook imports: ``read_items`` and ``emit``.
+
+This module is imported inside the kernel, so it stays light: only the standard
+library at import time; pystac is imported when ``read_items`` is first called.
+
+``emit`` publishes items as a rich display output with the mimetype
+``EMIT_MIMETYPE``. The executed notebook therefore *is* the record of what was
+emitted, the wrapper harvests it from there (``nb2task.harvest``), and in plain
+Jupyter the same call simply shows what would be emitted.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import pystac
+
+EMIT_MIMETYPE = "application/vnd.nb2task.items+json"
+
+
+def read_items(path: str | os.PathLike[str]) -> list[pystac.Item]:
+    """Return the STAC items of a payload (or item collection, or item) JSON file."""
+    import pystac
+
+    path = Path(path)
+    with path.open(encoding="utf-8") as f:
+        document = json.load(f)
+    if document.get("type") == "Feature":
+        features = [document]
+    else:
+        features = document.get("features", [])
+    base = path.resolve().parent
+    items = []
+    for feature in features:
+        item = pystac.Item.from_dict(feature, preserve_dict=False)
+        resolve_relative_asset_hrefs(item, base)
+        items.append(item)
+    return items
+
+
+def resolve_relative_asset_hrefs(item: pystac.Item, base: Path) -> None:
+    """Make relative local asset hrefs absolute, against ``base``."""
+    for asset in item.assets.values():
+        if is_relative_local(asset.href):
+            asset.href = str((base / asset.href).resolve())
+
+
+def is_relative_local(href: str) -> bool:
+    """True when ``href`` is a relative file path (no scheme, not absolute)."""
+    return "://" not in href and not os.path.isabs(href)
+
+
+def emit(items: Any) -> None:
+    """Emit STAC items (pystac Items or dicts, one or many) as the task's output."""
+    dicts = [_as_dict(item) for item in _as_list(items)]
+    # Serialising here makes a non-JSON value fail in the notebook's own cell.
+    document = json.loads(json.dumps({"items": dicts}, default=_json_default))
+    _display(document["items"])
+
+
+def _as_list(items: Any) -> list[Any]:
+    if isinstance(items, Mapping) or hasattr(items, "to_dict"):
+        return [items]
+    if isinstance(items, Iterable) and not isinstance(items, str | bytes):
+        return list(items)
+    raise TypeError(
+        f"emit() takes pystac Items or dicts, one or many; got {type(items).__name__}"
+    )
+
+
+def _as_dict(item: Any) -> dict[str, Any]:
+    if isinstance(item, Mapping):
+        return dict(item)
+    if hasattr(item, "to_dict"):
+        # transform_hrefs=False keeps asset hrefs exactly as the notebook set them.
+        return dict(item.to_dict(transform_hrefs=False))
+    raise TypeError(f"emit() takes pystac Items or dicts; got {type(item).__name__}")
+
+
+def _json_default(value: Any) -> Any:
+    # numpy scalars and arrays, datetimes and paths are common in notebooks.
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    raise TypeError(f"emit(): {type(value).__name__} is not JSON serialisable")
+
+
+def _summary(items: list[dict[str, Any]]) -> str:
+    lines = [f"nb2task: emitting {len(items)} item(s)"]
+    for item in items:
+        assets = ", ".join(item.get("assets", {}))
+        lines.append(f"  {item.get('id')!s}  assets: {assets or '-'}")
+    return "\n".join(lines)
+
+
+def _display(items: list[dict[str, Any]]) -> None:
+    bundle = {EMIT_MIMETYPE: {"items": items}, "text/plain": _summary(items)}
+    try:
+        from IPython import get_ipython
+        from IPython.display import display
+    except ImportError:  # plain Python: just say what would be emitted
+        print(bundle["text/plain"])
+        return
+    if get_ipython() is None:
+        print(bundle["text/plain"])
+    else:
+        display(bundle, raw=True)

@@ -1,0 +1,280 @@
+"""The parameter schema of a notebook, read from its ``parameters`` cell.
+
+Each top-level assignment in the cell is a parameter. Its type comes from the
+annotation or, failing that, from the literal default (papermill's rules); a
+trailing ``# comment`` is its help text; an annotation without a value makes it
+required. ``payload`` and ``workdir`` are reserved: nb2task fills them itself.
+"""
+
+from __future__ import annotations
+
+import ast
+import io
+import json
+import tokenize
+from dataclasses import dataclass, field
+from typing import Any
+
+from stactask.exceptions import InvalidInput
+
+from .errors import NotebookError
+
+RESERVED = ("payload", "workdir")
+
+# Python type name -> JSON Schema type name.
+_JSON_TYPES = {
+    "int": "integer",
+    "float": "number",
+    "str": "string",
+    "bool": "boolean",
+    "list": "array",
+    "tuple": "array",
+    "dict": "object",
+    "List": "array",
+    "Tuple": "array",
+    "Dict": "object",
+    "None": "null",
+    "NoneType": "null",
+}
+
+_MISSING = object()
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of the notebook."""
+
+    name: str
+    types: tuple[str, ...]  # JSON Schema type names; empty means any type
+    default: Any = _MISSING
+    help: str = ""
+
+    @property
+    def required(self) -> bool:
+        return self.default is _MISSING
+
+    @property
+    def type_label(self) -> str:
+        return " | ".join(self.types) if self.types else "any"
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {}
+        if len(self.types) == 1:
+            schema["type"] = self.types[0]
+        elif self.types:
+            schema["type"] = list(self.types)
+        if not self.required:
+            schema["default"] = self.default
+        if self.help:
+            schema["description"] = self.help
+        return schema
+
+    def parse_cli_value(self, text: str) -> Any:
+        """A ``-p NAME VALUE`` string as this parameter's value: JSON unless a string is wanted."""
+        if self.types == ("string",):
+            return text
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError:
+            return text
+
+    def check(self, value: Any) -> Any:
+        """Return ``value`` (an int widened to float where a number is wanted), or raise."""
+        if not self.types:
+            return value
+        for json_type in self.types:
+            if _is_json_type(value, json_type):
+                return float(value) if json_type == "number" else value
+        raise InvalidInput(
+            f"parameter '{self.name}' must be {self.type_label}, "
+            f"got {type(value).__name__} {value!r}"
+        )
+
+
+def _is_json_type(value: Any, json_type: str) -> bool:
+    if json_type == "boolean":
+        return isinstance(value, bool)
+    if json_type == "integer":
+        return isinstance(value, int) and not isinstance(value, bool)
+    if json_type == "number":
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if json_type == "string":
+        return isinstance(value, str)
+    if json_type == "array":
+        return isinstance(value, list | tuple)
+    if json_type == "object":
+        return isinstance(value, dict)
+    if json_type == "null":
+        return value is None
+    return True
+
+
+@dataclass(frozen=True)
+class ParameterSchema:
+    """All parameters of a notebook, in cell order."""
+
+    parameters: tuple[Parameter, ...] = ()
+    declared_reserved: frozenset[str] = field(default_factory=frozenset)
+
+    @classmethod
+    def from_source(cls, source: str) -> ParameterSchema:
+        """Read the schema from the source of a ``parameters`` cell."""
+        try:
+            tree = ast.parse(source)
+        except SyntaxError as err:
+            raise NotebookError(
+                f"the parameters cell is not valid Python (line {err.lineno}: {err.msg})"
+            ) from err
+        comments = _trailing_comments(source)
+        params: list[Parameter] = []
+        reserved: set[str] = set()
+        for node in tree.body:
+            param = _parameter_from_node(node, comments)
+            if param is None:
+                continue
+            if param.name in RESERVED:
+                reserved.add(param.name)
+            else:
+                params = [p for p in params if p.name != param.name] + [param]
+        return cls(tuple(params), frozenset(reserved))
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.parameters]
+
+    def get(self, name: str) -> Parameter | None:
+        return next((p for p in self.parameters if p.name == name), None)
+
+    def resolve(
+        self,
+        strict: dict[str, Any],
+        lenient: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Check values against the schema and return the ones to inject.
+
+        ``strict`` values (the task's own options, command-line overrides) must name
+        declared parameters. ``lenient`` ones (workflow_options, shared by every task
+        of a workflow) are used where declared and ignored otherwise.
+        """
+        for name in strict:
+            if name in RESERVED:
+                raise InvalidInput(
+                    f"parameter '{name}' is reserved: nb2task sets it itself"
+                )
+            if self.get(name) is None:
+                declared = ", ".join(self.names) or "none"
+                raise InvalidInput(
+                    f"unknown parameter '{name}' (the notebook declares: {declared})"
+                )
+        merged = {k: v for k, v in (lenient or {}).items() if self.get(k) is not None}
+        merged.update(strict)
+        resolved: dict[str, Any] = {}
+        for param in self.parameters:
+            if param.name in merged:
+                resolved[param.name] = param.check(merged[param.name])
+            elif param.required:
+                raise InvalidInput(
+                    f"missing parameter '{param.name}' ({param.type_label}): "
+                    "set it in process[0].tasks or workflow_options"
+                )
+        return resolved
+
+    def json_schema(self, title: str = "") -> dict[str, Any]:
+        """The schema as JSON Schema (draft 2020-12) for the task's parameters."""
+        schema: dict[str, Any] = {
+            "$schema": "https://json-schema.org/draft/2020-12/schema",
+            "type": "object",
+            "properties": {p.name: p.json_schema() for p in self.parameters},
+            "required": [p.name for p in self.parameters if p.required],
+            "additionalProperties": False,
+        }
+        if title:
+            schema["title"] = title
+        return schema
+
+
+def _trailing_comments(source: str) -> dict[int, str]:
+    """Line number -> text of the comment that ends that line."""
+    comments: dict[int, str] = {}
+    try:
+        for tok in tokenize.generate_tokens(io.StringIO(source).readline):
+            if tok.type == tokenize.COMMENT:
+                comments[tok.start[0]] = tok.string.lstrip("#").strip()
+    except tokenize.TokenError:
+        pass
+    return comments
+
+
+def _parameter_from_node(node: ast.stmt, comments: dict[int, str]) -> Parameter | None:
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        name, annotation, value = node.target.id, node.annotation, node.value
+    elif (
+        isinstance(node, ast.Assign)
+        and len(node.targets) == 1
+        and isinstance(node.targets[0], ast.Name)
+    ):
+        name, annotation, value = node.targets[0].id, None, node.value
+    else:
+        return None
+    end_line = node.end_lineno or node.lineno
+    help_text = comments.get(end_line, comments.get(node.lineno, ""))
+    default: Any = _MISSING
+    if value is not None:
+        try:
+            default = ast.literal_eval(value)
+        except ValueError:
+            # A computed default (e.g. os.environ.get(...)) is kept as its source text.
+            default = ast.unparse(value)
+            if annotation is None:
+                return Parameter(name, (), default, help_text)
+    if annotation is not None:
+        types = _types_from_annotation(annotation)
+    elif default is not _MISSING:
+        types = _types_from_value(default)
+    else:
+        types = ()
+    return Parameter(name, types, default, help_text)
+
+
+def _types_from_annotation(node: ast.expr) -> tuple[str, ...]:
+    """JSON types of an annotation: ``float``, ``int | None``, ``Optional[str]``, ``list[str]``."""
+    if isinstance(node, ast.Constant) and node.value is None:
+        return ("null",)
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        try:
+            return _types_from_annotation(ast.parse(node.value, mode="eval").body)
+        except SyntaxError:
+            return ()
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        left, right = _types_from_annotation(node.left), _types_from_annotation(node.right)
+        if not left or not right:
+            return ()
+        return tuple(dict.fromkeys(left + right))
+    if isinstance(node, ast.Subscript):
+        outer = _annotation_name(node.value)
+        if outer == "Optional":
+            inner = _types_from_annotation(node.slice)
+            return inner + ("null",) if inner else ()
+        if outer == "Union" and isinstance(node.slice, ast.Tuple):
+            parts = [_types_from_annotation(e) for e in node.slice.elts]
+            if not all(parts):
+                return ()
+            return tuple(dict.fromkeys(t for part in parts for t in part))
+        return _types_from_annotation(node.value)
+    json_type = _JSON_TYPES.get(_annotation_name(node))
+    return (json_type,) if json_type else ()
+
+
+def _annotation_name(node: ast.expr) -> str:
+    if isinstance(node, ast.Name):
+        return node.id
+    if isinstance(node, ast.Attribute):
+        return node.attr
+    return ""
+
+
+def _types_from_value(value: Any) -> tuple[str, ...]:
+    if value is None:
+        return ()  # None says nothing about the type a user meant
+    json_type = _JSON_TYPES.get(type(value).__name__)
+    return (json_type,) if json_type else ()
