@@ -12,7 +12,7 @@ from .runtime import emit, read_items
 
 __version__ = "0.1.0"
 
-__all__ = ["emit", "read_items", "NotebookTask", "lambda_handler", "__version__"]
+__all__ = ["NotebookTask", "__version__", "emit", "lambda_handler", "read_items"]
 
 
 def __getattr__(name: str) -> Any:

@@ -17,7 +17,15 @@ from typing import Any
 from . import __version__
 
 LOCAL_WORKDIR = "local-output"
-QUIET_LOGGERS = ("botocore", "s3transfer", "urllib3", "fsspec", "asyncio", "aiobotocore", "traitlets")
+QUIET_LOGGERS = (
+    "botocore",
+    "s3transfer",
+    "urllib3",
+    "fsspec",
+    "asyncio",
+    "aiobotocore",
+    "traitlets",
+)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,21 +39,48 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a notebook as a task on one payload")
     run.add_argument("notebook", type=Path, help="the notebook (.ipynb)")
     run.add_argument("input", nargs="?", help="payload: path or URL (s3://...); stdin if omitted")
-    run.add_argument("--output", help="write the output payload here (path or URL); stdout if omitted")
-    run.add_argument("--workdir", type=Path, help="work directory (kept); a temporary one if omitted")
+    run.add_argument(
+        "--output", help="write the output payload here (path or URL); stdout if omitted"
+    )
+    run.add_argument(
+        "--workdir", type=Path, help="work directory (kept); a temporary one if omitted"
+    )
     run.add_argument(
         "--save-workdir", action="store_true", default=None, help="keep the temporary workdir"
     )
-    run.add_argument("--upload", action=argparse.BooleanOptionalAction, default=True,
-                     help="upload output assets (default: on)")
-    run.add_argument("--validate", action=argparse.BooleanOptionalAction, default=True,
-                     help="validate the input payload (default: on)")
-    run.add_argument("--local", action="store_true",
-                     help=f"workdir {LOCAL_WORKDIR}/, no upload, output {LOCAL_WORKDIR}/output-payload.json")
-    run.add_argument("--task-name", help="task name in process[0].tasks (default: notebook metadata or file stem)")
-    run.add_argument("-p", "--parameter", nargs=2, action="append", default=[],
-                     metavar=("NAME", "VALUE"), help="set a parameter (overrides the payload)")
-    run.add_argument("--cell-timeout", type=float, help="seconds a cell may run (default: no limit)")
+    run.add_argument(
+        "--upload",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="upload output assets (default: on)",
+    )
+    run.add_argument(
+        "--validate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="validate the input payload (default: on)",
+    )
+    run.add_argument(
+        "--local",
+        action="store_true",
+        help=f"workdir {LOCAL_WORKDIR}/, no upload, output {LOCAL_WORKDIR}/output-payload.json",
+    )
+    run.add_argument(
+        "--task-name",
+        help="task name in process[0].tasks (default: notebook metadata or file stem)",
+    )
+    run.add_argument(
+        "-p",
+        "--parameter",
+        nargs=2,
+        action="append",
+        default=[],
+        metavar=("NAME", "VALUE"),
+        help="set a parameter (overrides the payload)",
+    )
+    run.add_argument(
+        "--cell-timeout", type=float, help="seconds a cell may run (default: no limit)"
+    )
     run.add_argument("--logging", default="INFO", help="log level: DEBUG, INFO, WARNING, ERROR")
 
     inspect = commands.add_parser("inspect", help="show a notebook's parameters")
@@ -67,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("KeyboardInterrupt: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:  # noqa: BLE001 - every failure ends in one clean line
+    except Exception as err:
         return _report(err)
 
 
@@ -125,8 +160,9 @@ def _configure_logging(level: str) -> None:
 
 
 def _report(err: Exception) -> int:
-    from .errors import Nb2TaskError, error_line, exit_code
     from stactask.exceptions import InvalidInput
+
+    from .errors import Nb2TaskError, error_line, exit_code
 
     if not isinstance(err, Nb2TaskError | InvalidInput):
         # An unexpected error: the traceback helps whoever debugs it.

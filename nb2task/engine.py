@@ -34,7 +34,7 @@ def execute(
     from papermill.exceptions import PapermillExecutionError
 
     try:
-        return papermill.execute_notebook(
+        executed: nbformat.NotebookNode = papermill.execute_notebook(
             node,
             str(output_path),
             parameters=parameters,
@@ -46,9 +46,10 @@ def execute(
             execution_timeout=cell_timeout,
             shutdown_kernel="immediate",
         )
+        return executed
     except PapermillExecutionError as err:
         raise NotebookCellError(
-            err.ename, err.evalue, err.cell_index, err.exec_count
+            err.ename, err.evalue, err.cell_index, err.exec_count, err.source
         ) from None
     except CellTimeoutError as err:
         raise Nb2TaskError(f"a notebook cell ran longer than {cell_timeout} s") from err

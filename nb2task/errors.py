@@ -10,16 +10,16 @@ from __future__ import annotations
 from stactask.exceptions import InvalidInput
 
 __all__ = [
-    "InvalidInput",
-    "Nb2TaskError",
-    "NotebookError",
-    "NotebookCellError",
-    "InvalidItemError",
-    "error_line",
-    "EXIT_OK",
     "EXIT_FAILED",
-    "EXIT_USAGE",
     "EXIT_INVALID_INPUT",
+    "EXIT_OK",
+    "EXIT_USAGE",
+    "InvalidInput",
+    "InvalidItemError",
+    "Nb2TaskError",
+    "NotebookCellError",
+    "NotebookError",
+    "error_line",
 ]
 
 EXIT_OK = 0
@@ -50,12 +50,18 @@ class InvalidItemError(Nb2TaskError):
 class NotebookCellError(Nb2TaskError):
     """A cell of the notebook raised; carries the kernel's error name and cell."""
 
-    def __init__(self, ename: str, evalue: str, cell_index: int, exec_count: int | None):
+    def __init__(
+        self, ename: str, evalue: str, cell_index: int, exec_count: int | None, source: str
+    ):
         self.ename = ename
         self.evalue = evalue
         self.cell_index = cell_index
         self.exec_count = exec_count
-        super().__init__(f"{evalue} (notebook cell {cell_index}, In [{exec_count}])")
+        # "In [n]" is what the executed notebook shows; the first line says which cell.
+        first_line = next((line.strip() for line in source.splitlines() if line.strip()), "")
+        if len(first_line) > 60:
+            first_line = first_line[:57] + "..."
+        super().__init__(f"{evalue} (notebook cell In [{exec_count}]: {first_line})")
 
     @property
     def dotted_name(self) -> str:

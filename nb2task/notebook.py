@@ -7,7 +7,7 @@ Task settings live in the notebook's metadata under ``nb2task`` (see
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +71,7 @@ class Notebook:
             node.metadata.get(METADATA_KEY, {}), default_name=path.stem
         )
         if task_name:
-            settings = _replace_name(settings, task_name)
+            settings = replace(settings, name=task_name)
         return cls(path.resolve(), node, schema, settings)
 
     @property
@@ -85,26 +85,21 @@ class Notebook:
         return node
 
 
-def _replace_name(settings: TaskSettings, name: str) -> TaskSettings:
-    from dataclasses import replace
-
-    return replace(settings, name=name)
-
-
 def _read(path: Path) -> nbformat.NotebookNode:
     if not path.is_file():
         raise NotebookError(f"notebook not found: {path}")
     if path.suffix == ".py":
         return _read_jupytext(path)
     try:
-        return nbformat.read(path, as_version=4)
+        node: nbformat.NotebookNode = nbformat.read(path, as_version=4)  # type: ignore[no-untyped-call]
+        return node
     except Exception as err:  # nbformat raises several unrelated types
         raise NotebookError(f"cannot read notebook {path}: {err}") from err
 
 
 def _read_jupytext(path: Path) -> nbformat.NotebookNode:
     try:
-        import jupytext  # type: ignore[import-not-found]
+        import jupytext
     except ImportError as err:
         raise NotebookError(
             f"{path} is a .py notebook: install jupytext to use it (pip install jupytext)"
@@ -120,5 +115,6 @@ def parameters_cell(node: nbformat.NotebookNode) -> nbformat.NotebookNode | None
     """The first code cell tagged ``parameters``, if any."""
     for cell in node.cells:
         if cell.cell_type == "code" and PARAMETERS_TAG in _tags(cell):
-            return cell
+            found: nbformat.NotebookNode = cell
+            return found
     return None

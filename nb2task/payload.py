@@ -96,7 +96,7 @@ def _check_collection_expressions(payload: Payload) -> None:
     """Parse every JSONPath now: stactask would only fail after the notebook ran."""
     from jsonpath_ng.ext import parser
 
-    expressions = [
+    expressions: list[tuple[str, Any]] = [
         (f"upload_options.collections[{name!r}]", expr)
         for name, expr in payload.collection_mapping.items()
     ]

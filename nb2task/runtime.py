@@ -30,10 +30,7 @@ def read_items(path: str | os.PathLike[str]) -> list[pystac.Item]:
     path = Path(path)
     with path.open(encoding="utf-8") as f:
         document = json.load(f)
-    if document.get("type") == "Feature":
-        features = [document]
-    else:
-        features = document.get("features", [])
+    features = [document] if document.get("type") == "Feature" else document.get("features", [])
     base = path.resolve().parent
     items = []
     for feature in features:
@@ -68,9 +65,7 @@ def _as_list(items: Any) -> list[Any]:
         return [items]
     if isinstance(items, Iterable) and not isinstance(items, str | bytes):
         return list(items)
-    raise TypeError(
-        f"emit() takes pystac Items or dicts, one or many; got {type(items).__name__}"
-    )
+    raise TypeError(f"emit() takes pystac Items or dicts, one or many; got {type(items).__name__}")
 
 
 def _as_dict(item: Any) -> dict[str, Any]:
@@ -112,4 +107,4 @@ def _display(items: list[dict[str, Any]]) -> None:
     if get_ipython() is None:
         print(bundle["text/plain"])
     else:
-        display(bundle, raw=True)
+        display(bundle, raw=True)  # type: ignore[no-untyped-call]

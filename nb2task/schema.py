@@ -158,9 +158,7 @@ class ParameterSchema:
         """
         for name in strict:
             if name in RESERVED:
-                raise InvalidInput(
-                    f"parameter '{name}' is reserved: nb2task sets it itself"
-                )
+                raise InvalidInput(f"parameter '{name}' is reserved: nb2task sets it itself")
             if self.get(name) is None:
                 declared = ", ".join(self.names) or "none"
                 raise InvalidInput(
@@ -254,7 +252,7 @@ def _types_from_annotation(node: ast.expr) -> tuple[str, ...]:
         outer = _annotation_name(node.value)
         if outer == "Optional":
             inner = _types_from_annotation(node.slice)
-            return inner + ("null",) if inner else ()
+            return (*inner, "null") if inner else ()
         if outer == "Union" and isinstance(node.slice, ast.Tuple):
             parts = [_types_from_annotation(e) for e in node.slice.elts]
             if not all(parts):

@@ -1,0 +1,190 @@
+"""The shipped example notebooks, the real Cirrus/stactask fixture payloads, ``inspect``."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from conftest import FIXTURES, REPO, run_cli, write_notebook
+
+NOTEBOOKS = REPO / "notebooks"
+PAYLOADS = FIXTURES / "payloads"
+
+
+def test_ndvi_example_writes_a_derived_cog(tmp_path: Path) -> None:
+    result = run_cli(
+        "run", NOTEBOOKS / "ndvi.ipynb", NOTEBOOKS / "ndvi.payload.json", "--local", cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    out_dir = tmp_path / "local-output"
+    out = json.loads((out_dir / "output-payload.json").read_text())
+    source = json.loads((NOTEBOOKS / "ndvi.payload.json").read_text())
+    assert out["id"] == source["id"] and out["process"] == source["process"]
+    [item] = out["features"]
+    assert item["id"] == "S2B_33TUG_20240704_0_L2A-sample_ndvi"
+    assert item["collection"] == "sentinel-2-l2a-ndvi"  # from collection_matchers
+    assert item["properties"]["nb2task:ndvi_threshold"] == 0.3  # from tasks.ndvi
+    source_self = source["features"][0]["links"][0]["href"]
+    assert {"rel": "derived_from", "href": source_self, "type": "application/json"} in item["links"]
+
+    import numpy as np
+    import rasterio
+
+    href = Path(item["assets"]["ndvi"]["href"])
+    assert href.parent == out_dir.resolve() and href.exists()
+    with rasterio.open(href) as cog:
+        assert cog.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        ndvi = cog.read(1)
+    kept = ndvi[np.isfinite(ndvi)]
+    assert kept.size and kept.min() >= 0.3 and kept.max() <= 1.0
+    assert (out_dir / "ndvi.executed.ipynb").exists()
+
+
+def test_minimal_example(tmp_path: Path) -> None:
+    result = run_cli("run", NOTEBOOKS / "minimal.ipynb", NOTEBOOKS / "minimal.payload.json")
+    assert result.returncode == 0, result.stderr
+    [item] = json.loads(result.stdout)["features"]
+    assert item["properties"]["nb2task:note"] == "hello from the sample payload"
+    # Relative asset hrefs of a local payload file resolve against the file's folder.
+    assert item["assets"]["red"]["href"] == str((NOTEBOOKS / "data" / "sample-red.tif").resolve())
+
+
+def test_examples_run_unchanged_as_plain_notebooks(tmp_path: Path) -> None:
+    """In Jupyter the defaults are used: no nb2task run around the notebook."""
+    import papermill
+
+    for name in ("minimal", "ndvi"):
+        executed = papermill.execute_notebook(
+            str(NOTEBOOKS / f"{name}.ipynb"),
+            str(tmp_path / f"{name}.ipynb"),
+            kernel_name="python3",
+            progress_bar=False,
+            cwd=str(NOTEBOOKS),
+        )
+        shown = [
+            o["data"]["text/plain"]
+            for c in executed.cells
+            for o in c.get("outputs", [])
+            if "application/vnd.nb2task.items+json" in o.get("data", {})
+        ]
+        assert shown and "nb2task: emitting 1 item(s)" in shown[-1]
+    # The plain run wrote its COG beside the notebook (workdir "."): clean it up.
+    for leftover in NOTEBOOKS.glob("*_ndvi.tif"):
+        leftover.unlink()
+
+
+ECHO_NOTEBOOK = (
+    'payload = "x.json"\ndo_nothing: bool = False  # nothing-task\'s option',
+    "import nb2task\nnb2task.emit(nb2task.read_items(payload))",
+)
+
+
+def test_stactask_fixture_runs(tmp_path: Path) -> None:
+    nb = write_notebook(tmp_path / "echo.ipynb", *ECHO_NOTEBOOK)
+    payload = (
+        PAYLOADS
+        / "stactask-v0.7.0_sentinel2-l2a-j2k_two-items_process-list_legacy-collections.json"
+    )
+    result = run_cli("run", nb, payload, "--task-name", "nothing-task")
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)
+    source = json.loads(payload.read_text())
+    assert [f["id"] for f in out["features"]] == [f["id"] for f in source["features"]]
+    # The legacy collections mapping assigned the collection.
+    assert {f["collection"] for f in out["features"]} == {"sentinel-2-l2a"}
+    # Remote asset hrefs pass through untouched.
+    assert out["features"][0]["assets"] == source["features"][0]["assets"]
+
+
+def test_stactask_fixture_other_task_options_are_checked(tmp_path: Path) -> None:
+    nb = write_notebook(tmp_path / "echo.ipynb", *ECHO_NOTEBOOK)
+    payload = (
+        PAYLOADS
+        / "stactask-v0.7.0_sentinel2-l2a-j2k_two-items_process-list_legacy-collections.json"
+    )
+    result = run_cli("run", nb, payload, "--task-name", "derived-item-task")
+    assert result.returncode == 3
+    assert result.last_stderr_line == (
+        "stactask.exceptions.InvalidInput: unknown parameter 'parameter' "
+        "(the notebook declares: do_nothing)"
+    )
+
+
+@pytest.mark.parametrize(
+    ("fixture", "message"),
+    [
+        (
+            "cirrus-geo-v2.0.0_basic-minimal_one-item.json",
+            "upload_options.collections['mycollection']: '.*' is not a JSONPath expression",
+        ),
+        (
+            "cirrus-geo-v2.0.0_sentinel-s2-l2a_cog-archive_multi-task-params.json",
+            "upload_options.collections['sentinel-s2-l2a-cogs']: '.*' is not a JSONPath expression",
+        ),
+        (
+            "cirrus-geo-v2.0.0_post-batch-input-event_batch-url-url_out.json",
+            "not a Cirrus process payload: it has no 'features' "
+            "(this looks like a Step Functions/Batch event, not a payload)",
+        ),
+    ],
+)
+def test_fixtures_stactask_rejects_are_invalid_input(
+    tmp_path: Path, fixture: str, message: str
+) -> None:
+    nb = write_notebook(tmp_path / "echo.ipynb", *ECHO_NOTEBOOK)
+    workdir = tmp_path / "work"
+    result = run_cli("run", nb, PAYLOADS / fixture, "--workdir", workdir)
+    assert result.returncode == 3
+    assert result.last_stderr_line.startswith(f"stactask.exceptions.InvalidInput: {message}")
+    assert "Traceback" not in result.stderr
+    assert not list(workdir.glob("*.ipynb"))  # rejected before any kernel started
+
+
+def test_inspect_table() -> None:
+    result = run_cli("inspect", NOTEBOOKS / "ndvi.ipynb")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("ndvi 0.1.0: ")
+    assert lines[1].split() == ["name", "type", "default", "help"]
+    threshold = next(line for line in lines if line.startswith("threshold"))
+    assert threshold.split()[:3] == ["threshold", "number", "0.2"]
+    assert threshold.endswith("NDVI below this is masked as nodata")
+    assert lines[-1] == "injected by nb2task: payload, workdir"
+
+
+def test_inspect_json_schema() -> None:
+    result = run_cli("inspect", NOTEBOOKS / "ndvi.ipynb", "--json")
+    assert result.returncode == 0, result.stderr
+    schema = json.loads(result.stdout)
+    assert schema["title"] == "ndvi"
+    assert schema["properties"]["threshold"] == {
+        "type": "number",
+        "default": 0.2,
+        "description": "NDVI below this is masked as nodata",
+    }
+    assert set(schema["properties"]) == {"threshold", "red_asset", "nir_asset"}
+
+    import jsonschema
+
+    jsonschema.validate({"threshold": 0.4}, schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"threshold": "high"}, schema)
+
+
+def test_notebook_copied_elsewhere_still_runs(tmp_path: Path) -> None:
+    """A notebook's cwd is its own folder, as in Jupyter."""
+    shutil.copytree(NOTEBOOKS, tmp_path / "nbs", ignore=shutil.ignore_patterns("*.tif"))
+    (tmp_path / "nbs" / "data").mkdir(exist_ok=True)
+    for tif in (NOTEBOOKS / "data").glob("*.tif"):
+        shutil.copy(tif, tmp_path / "nbs" / "data")
+    result = run_cli(
+        "run",
+        tmp_path / "nbs" / "ndvi.ipynb",
+        tmp_path / "nbs" / "ndvi.payload.json",
+        "--workdir",
+        tmp_path / "w",
+    )
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "w" / "S2B_33TUG_20240704_0_L2A-sample_ndvi.tif").exists()

@@ -1,0 +1,296 @@
+"""``nb2task run`` end to end: real CLI, real ipykernel through papermill, real stactask."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nbformat
+import pytest
+from conftest import make_payload, run_cli, sample_item, write_notebook
+
+EMIT_PROPS = """
+import nb2task
+items = nb2task.read_items(payload)
+for item in items:
+    item.properties.update({k: v for k, v in globals().items() if k in NAMES})
+nb2task.emit(items)
+"""
+
+
+@pytest.fixture
+def params_notebook(tmp_path: Path) -> Path:
+    return write_notebook(
+        tmp_path / "params.ipynb",
+        'payload = "sample.json"  # the input payload\n'
+        "a: str = 'default-a'  # from workflow_options\n"
+        "b: str = 'default-b'  # task options win\n"
+        "c: str = 'default-c'  # -p wins\n"
+        "d: float = 1.5  # untouched\n"
+        "n: int = 0\n",
+        "NAMES = {'a', 'b', 'c', 'd', 'n'}\n" + EMIT_PROPS,
+    )
+
+
+def run_ok(*args: str | Path) -> dict:
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
+def test_parameter_precedence(params_notebook: Path, write_json) -> None:
+    payload = make_payload(
+        workflow_options={"a": "wf-a", "b": "wf-b", "c": "wf-c", "other_task_option": 1},
+        tasks={"params": {"b": "task-b", "c": "task-c", "n": 7}, "another-task": {"x": 1}},
+    )
+    out = run_ok("run", params_notebook, write_json("in.json", payload), "-p", "c", "cli-c")
+    props = out["features"][0]["properties"]
+    assert (props["a"], props["b"], props["c"], props["d"], props["n"]) == (
+        "wf-a",
+        "task-b",
+        "cli-c",
+        1.5,
+        7,
+    )
+    # The output payload is the input payload with new features.
+    assert out["id"] == payload["id"] and out["process"] == payload["process"]
+
+
+def test_task_name_selects_the_options(params_notebook: Path, write_json) -> None:
+    payload = make_payload(tasks={"params": {"a": "wrong"}, "renamed": {"a": "right"}})
+    out = run_ok("run", params_notebook, write_json("in.json", payload), "--task-name", "renamed")
+    assert out["features"][0]["properties"]["a"] == "right"
+
+
+@pytest.mark.parametrize(
+    ("tasks", "cli_args", "message"),
+    [
+        (
+            {"params": {"zzz": 1}},
+            [],
+            "unknown parameter 'zzz' (the notebook declares: a, b, c, d, n)",
+        ),
+        ({"params": {"n": "seven"}}, [], "parameter 'n' must be integer, got str 'seven'"),
+        ({"params": {"d": [1]}}, [], "parameter 'd' must be number, got list [1]"),
+        (
+            {"params": {"payload": "/etc/passwd"}},
+            [],
+            "parameter 'payload' is reserved: nb2task sets it itself",
+        ),
+        (
+            {},
+            ["-p", "nope", "1"],
+            "unknown parameter 'nope' (the notebook declares: a, b, c, d, n)",
+        ),
+        ({}, ["-p", "n", "1.5"], "parameter 'n' must be integer, got float 1.5"),
+    ],
+)
+def test_invalid_parameters_fail_before_any_kernel(
+    params_notebook: Path, write_json, tmp_path: Path, tasks, cli_args, message
+) -> None:
+    workdir = tmp_path / "work"
+    payload_path = write_json("in.json", make_payload(tasks=tasks))
+    result = run_cli("run", params_notebook, payload_path, "--workdir", workdir, *cli_args)
+    assert result.returncode == 3
+    assert result.last_stderr_line == f"stactask.exceptions.InvalidInput: {message}"
+    assert "Traceback" not in result.stderr
+    # No kernel ran: nothing was executed or written.
+    assert not list(workdir.glob("*.ipynb"))
+    assert result.stdout == ""
+
+
+def test_missing_required_parameter(tmp_path: Path, write_json) -> None:
+    nb = write_notebook(tmp_path / "req.ipynb", "count: int  # required\n", "print(count)")
+    result = run_cli("run", nb, write_json("in.json", make_payload()))
+    assert result.returncode == 3
+    assert result.last_stderr_line.startswith(
+        "stactask.exceptions.InvalidInput: missing parameter 'count' (integer)"
+    )
+
+
+def test_emit_items_and_dicts_one_or_many(tmp_path: Path, write_json) -> None:
+    nb = write_notebook(
+        tmp_path / "emitter.ipynb",
+        'payload = "x.json"',
+        "import nb2task, pystac\n"
+        "src = nb2task.read_items(payload)[0]\n"
+        "one = src.clone(); one.id = 'as-item'\n"
+        "nb2task.emit(one)",
+        "d = src.to_dict(); d['id'] = 'as-dict'\nnb2task.emit(d)",
+        "import numpy as np\n"
+        "many = [src.clone(), dict(src.to_dict(), id='in-list-dict')]\n"
+        "many[0].id = 'in-list-item'\n"
+        "many[0].properties['mean'] = np.float32(0.5)  # numpy values are fine\n"
+        "nb2task.emit(many)",
+    )
+    out = run_ok("run", nb, write_json("in.json", make_payload()))
+    assert [f["id"] for f in out["features"]] == [
+        "as-item",
+        "as-dict",
+        "in-list-item",
+        "in-list-dict",
+    ]
+    assert out["features"][2]["properties"]["mean"] == 0.5
+
+
+def test_stdin_stdout_and_url_indirection(params_notebook: Path, write_json) -> None:
+    payload = make_payload(tasks={"params": {"a": "via-url"}})
+    pointer = write_json("pointer.json", {"url": str(write_json("real.json", payload))})
+    result = run_cli("run", params_notebook, stdin=pointer.read_text())
+    assert result.returncode == 0, result.stderr
+    out = json.loads(result.stdout)  # stdout holds the payload and nothing else
+    assert out["features"][0]["properties"]["a"] == "via-url"
+
+
+def test_output_file_and_kept_workdir(params_notebook: Path, write_json, tmp_path: Path) -> None:
+    workdir, output = tmp_path / "work", tmp_path / "out" / "payload.json"
+    result = run_cli(
+        "run",
+        params_notebook,
+        write_json("in.json", make_payload()),
+        "--workdir",
+        workdir,
+        "--output",
+        output,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    assert json.loads(output.read_text())["features"][0]["id"] == "item-1"
+    # An explicit workdir is kept (stactask's CLI would delete it without --save-workdir).
+    assert (workdir / "params.executed.ipynb").exists()
+    assert (workdir / "input-payload.json").exists()
+
+
+def test_temporary_workdir_keeps_only_the_executed_notebook(
+    params_notebook: Path, write_json
+) -> None:
+    result = run_cli("run", params_notebook, write_json("in.json", make_payload()))
+    assert result.returncode == 0, result.stderr
+    kept = [line for line in result.stderr.splitlines() if "executed notebook kept at" in line]
+    assert kept, result.stderr
+    path = Path(kept[-1].rsplit(" ", 1)[-1])
+    assert path.exists() and [p.name for p in path.parent.iterdir()] == [path.name]
+    path.unlink()
+    path.parent.rmdir()
+
+
+def test_failing_notebook(tmp_path: Path, write_json) -> None:
+    nb = write_notebook(
+        tmp_path / "fails.ipynb", 'payload = "x.json"', "x = 1", "y = x / 0", "import nb2task"
+    )
+    workdir, output = tmp_path / "work", tmp_path / "out.json"
+    result = run_cli(
+        "run", nb, write_json("in.json", make_payload()), "--workdir", workdir, "--output", output
+    )
+    assert result.returncode == 1
+    assert result.last_stderr_line == (
+        "ZeroDivisionError: division by zero (notebook cell In [4]: y = x / 0)"
+    )
+    assert not output.exists()
+    executed = nbformat.read(workdir / "fails.executed.ipynb", as_version=4)
+    banner = executed.cells[0]
+    assert banner.cell_type == "markdown" and "An Exception was encountered" in banner.source
+    error = [o for c in executed.cells for o in c.get("outputs", []) if o.output_type == "error"]
+    assert error and error[0]["ename"] == "ZeroDivisionError"
+
+
+def test_invalid_input_raised_in_the_notebook(tmp_path: Path, write_json) -> None:
+    nb = write_notebook(
+        tmp_path / "rejects.ipynb",
+        'payload = "x.json"',
+        "from stactask.exceptions import InvalidInput\nraise InvalidInput('no red band in item-1')",
+    )
+    result = run_cli("run", nb, write_json("in.json", make_payload()))
+    assert result.returncode == 3
+    assert result.last_stderr_line == (
+        "stactask.exceptions.InvalidInput: no red band in item-1 "
+        "(notebook cell In [3]: from stactask.exceptions import InvalidInput)"
+    )
+
+
+def test_skip_tagged_cells_are_dropped(tmp_path: Path, write_json) -> None:
+    nb = write_notebook(
+        tmp_path / "skips.ipynb",
+        'payload = "x.json"',
+        ("raise RuntimeError('exploration only')", ["nb2task-skip"]),
+        "import nb2task\nnb2task.emit(nb2task.read_items(payload))",
+    )
+    workdir = tmp_path / "work"
+    result = run_cli("run", nb, write_json("in.json", make_payload()), "--workdir", workdir)
+    assert result.returncode == 0, result.stderr
+    executed = nbformat.read(workdir / "skips.executed.ipynb", as_version=4)
+    assert not any("exploration only" in c.source for c in executed.cells)
+
+
+def test_invalid_emitted_item(tmp_path: Path, write_json) -> None:
+    nb = write_notebook(
+        tmp_path / "bad_item.ipynb",
+        'payload = "x.json"',
+        "import nb2task\nnb2task.emit({'type': 'Feature', 'id': 'x', 'properties': {}})",
+    )
+    result = run_cli("run", nb, write_json("in.json", make_payload()))
+    assert result.returncode == 1
+    assert result.last_stderr_line.startswith(
+        "nb2task.errors.InvalidItemError: emitted item 0 (id 'x') is not a valid STAC item:"
+    )
+
+
+def test_duplicate_emitted_ids(tmp_path: Path, write_json) -> None:
+    nb = write_notebook(
+        tmp_path / "dup.ipynb",
+        'payload = "x.json"',
+        "import nb2task\nitems = nb2task.read_items(payload)",
+        "nb2task.emit(items)\nnb2task.emit(items)",
+    )
+    result = run_cli("run", nb, write_json("in.json", make_payload()))
+    assert result.returncode == 1
+    assert result.last_stderr_line == (
+        "nb2task.errors.InvalidItemError: the notebook emitted item id 'item-1' twice"
+    )
+
+
+@pytest.mark.parametrize(
+    ("document", "message"),
+    [
+        ("{not json", "stactask.exceptions.InvalidInput: payload "),
+        (
+            '{"type": "FeatureCollection", "features": "x", "process": []}',
+            "stactask.exceptions.InvalidInput: invalid payload: unable to parse 'features'",
+        ),
+        (
+            '{"type": "FeatureCollection", "features": [], "process": {"tasks": 1}}',
+            "stactask.exceptions.InvalidInput: invalid payload: unable to parse 'tasks'",
+        ),
+        ("[1, 2]", "stactask.exceptions.InvalidInput: a payload must be a JSON object"),
+        (
+            '{"url": "/nonexistent/payload.json"}',
+            "stactask.exceptions.InvalidInput: payload not found: /nonexistent/payload.json",
+        ),
+    ],
+)
+def test_bad_payloads(params_notebook: Path, document: str, message: str) -> None:
+    result = run_cli("run", params_notebook, stdin=document)
+    assert result.returncode == 3
+    assert result.last_stderr_line.startswith(message)
+
+
+def test_missing_notebook_is_a_usage_error(write_json) -> None:
+    result = run_cli("run", "/nonexistent.ipynb", write_json("in.json", make_payload()))
+    assert result.returncode == 2
+    assert (
+        result.last_stderr_line
+        == "nb2task.errors.NotebookError: notebook not found: /nonexistent.ipynb"
+    )
+
+
+def test_notebook_metadata_names_the_task(tmp_path: Path, write_json) -> None:
+    nb = write_notebook(
+        tmp_path / "file-stem.ipynb",
+        'payload = "x.json"\nflag: bool = False',
+        "import nb2task\nitems = nb2task.read_items(payload)\n"
+        "items[0].properties['flag'] = flag\nnb2task.emit(items)",
+        metadata={"name": "meta-name", "version": "2.0.0"},
+    )
+    payload = make_payload(tasks={"meta-name": {"flag": True}}, features=[sample_item()])
+    out = run_ok("run", nb, write_json("in.json", payload))
+    assert out["features"][0]["properties"]["flag"] is True

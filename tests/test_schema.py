@@ -1,0 +1,118 @@
+"""The parameter schema read from a parameters cell, and its validation (no kernel)."""
+
+from __future__ import annotations
+
+import pytest
+from stactask.exceptions import InvalidInput
+
+from nb2task.errors import NotebookError
+from nb2task.schema import ParameterSchema
+
+CELL = """
+payload = "sample.json"  # path of the input payload
+workdir = "."
+threshold: float = 0.2  # NDVI below this is masked
+bands: list[str] = ["red", "nir"]  # asset keys
+scale = 10  # an integer from its default
+label: str | None = None  # optional label
+strict: bool = True
+options = {"a": 1}
+count: int  # required: no default
+import os
+x, y = 1, 2
+computed = os.environ.get("HOME")
+"""
+
+
+@pytest.fixture
+def schema() -> ParameterSchema:
+    return ParameterSchema.from_source(CELL)
+
+
+def test_names_types_defaults_help(schema: ParameterSchema) -> None:
+    rows = {p.name: (p.types, p.default, p.help) for p in schema.parameters if not p.required}
+    assert rows["threshold"] == (("number",), 0.2, "NDVI below this is masked")
+    assert rows["bands"] == (("array",), ["red", "nir"], "asset keys")
+    assert rows["scale"] == (("integer",), 10, "an integer from its default")
+    assert rows["label"] == (("string", "null"), None, "optional label")
+    assert rows["strict"] == (("boolean",), True, "")
+    assert rows["options"] == (("object",), {"a": 1}, "")
+    assert rows["computed"][0] == ()  # a computed default has no known type
+    assert schema.get("count") is not None and schema.get("count").required  # type: ignore[union-attr]
+
+
+def test_reserved_names_are_not_parameters(schema: ParameterSchema) -> None:
+    assert schema.declared_reserved == {"payload", "workdir"}
+    assert "payload" not in schema.names and "workdir" not in schema.names
+    assert "x" not in schema.names  # tuple unpacking is not a parameter
+
+
+def test_json_schema(schema: ParameterSchema) -> None:
+    js = schema.json_schema(title="t")
+    assert js["required"] == ["count"]
+    assert js["properties"]["threshold"] == {
+        "type": "number",
+        "default": 0.2,
+        "description": "NDVI below this is masked",
+    }
+    assert js["properties"]["label"]["type"] == ["string", "null"]
+    assert js["additionalProperties"] is False
+
+
+def test_resolve_precedence_and_widening(schema: ParameterSchema) -> None:
+    resolved = schema.resolve(
+        strict={"threshold": 1, "count": 3}, lenient={"threshold": 0.9, "scale": 5, "other": 1}
+    )
+    assert resolved == {"threshold": 1.0, "count": 3, "scale": 5}
+    assert isinstance(resolved["threshold"], float)
+
+
+@pytest.mark.parametrize(
+    ("strict", "message"),
+    [
+        ({"count": 1, "nope": 1}, "unknown parameter 'nope'"),
+        ({}, "missing parameter 'count'"),
+        ({"count": "3"}, "parameter 'count' must be integer, got str '3'"),
+        ({"count": True}, "parameter 'count' must be integer"),
+        ({"count": 1, "threshold": "high"}, "parameter 'threshold' must be number"),
+        ({"count": 1, "label": 5}, "parameter 'label' must be string | null"),
+        ({"count": 1, "payload": "x"}, "parameter 'payload' is reserved"),
+    ],
+)
+def test_resolve_errors_name_the_parameter(
+    schema: ParameterSchema, strict: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidInput, match=message.replace("|", r"\|")):
+        schema.resolve(strict=strict)
+
+
+def test_lenient_unknown_names_are_ignored(schema: ParameterSchema) -> None:
+    # workflow_options are shared by every task of a workflow.
+    assert schema.resolve(strict={"count": 1}, lenient={"for_another_task": 1}) == {"count": 1}
+
+
+def test_cli_values_parse_by_type(schema: ParameterSchema) -> None:
+    assert schema.get("threshold").parse_cli_value("0.5") == 0.5  # type: ignore[union-attr]
+    assert schema.get("bands").parse_cli_value('["b"]') == ["b"]  # type: ignore[union-attr]
+    assert schema.get("label").parse_cli_value("42") == 42  # str | None: JSON first
+    assert schema.get("computed").parse_cli_value("plain text") == "plain text"  # type: ignore[union-attr]
+
+
+def test_typing_annotations() -> None:
+    schema = ParameterSchema.from_source(
+        "from typing import Optional, Union\n"
+        "a: Optional[int] = None\nb: Union[int, str] = 1\n"
+        "c: 'float' = 1.0\nd: dict[str, int] = {}\n"
+    )
+    types = {p.name: p.types for p in schema.parameters}
+    assert types == {
+        "a": ("integer", "null"),
+        "b": ("integer", "string"),
+        "c": ("number",),
+        "d": ("object",),
+    }
+
+
+def test_syntax_error_is_a_notebook_error() -> None:
+    with pytest.raises(NotebookError, match="not valid Python"):
+        ParameterSchema.from_source("threshold = = 1")
