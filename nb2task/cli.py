@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a notebook as a task on one payload")
     run.add_argument("notebook", type=Path, help="the notebook (.ipynb)")
+    add_run_arguments(run)
+
+    inspect = commands.add_parser("inspect", help="show a notebook's parameters")
+    inspect.add_argument("notebook", type=Path)
+    inspect.add_argument("--json", action="store_true", help="print the JSON Schema")
+    return parser
+
+
+def build_task_parser() -> argparse.ArgumentParser:
+    """The parser of ``nb2task-task``: stactask's CLI, for the notebook baked into an image."""
+    parser = argparse.ArgumentParser(
+        prog="nb2task-task",
+        description="Run this image's notebook task (NB2TASK_NOTEBOOK) on a payload.",
+    )
+    parser.add_argument("--version", action="version", version=f"nb2task {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_run_arguments(commands.add_parser("run", help="run the task on one payload"))
+    return parser
+
+
+def add_run_arguments(run: argparse.ArgumentParser) -> None:
+    """The options of ``run``, stactask's CLI plus nb2task's own."""
     run.add_argument("input", nargs="?", help="payload: path or URL (s3://...); stdin if omitted")
     run.add_argument(
         "--output", help="write the output payload here (path or URL); stdout if omitted"
@@ -81,17 +104,33 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--cell-timeout", type=float, help="seconds a cell may run (default: no limit)"
     )
+    run.add_argument(
+        "--download-assets",
+        metavar="KEYS",
+        help="comma-separated asset keys to download before the run, '*' for all "
+        "(default: the notebook's metadata, or the payload's tasks.<name>.download_assets)",
+    )
     run.add_argument("--logging", default="INFO", help="log level: DEBUG, INFO, WARNING, ERROR")
-
-    inspect = commands.add_parser("inspect", help="show a notebook's parameters")
-    inspect.add_argument("notebook", type=Path)
-    inspect.add_argument("--json", action="store_true", help="print the JSON Schema")
-    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nb2task`` console script."""
-    args = build_parser().parse_args(argv)
+    return _dispatch(build_parser().parse_args(argv))
+
+
+def task_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``nb2task-task``: the image's notebook, from NB2TASK_NOTEBOOK."""
+    args = build_task_parser().parse_args(argv)
+    notebook = os.environ.get("NB2TASK_NOTEBOOK")
+    if not notebook:
+        print("nb2task.errors.NotebookError: NB2TASK_NOTEBOOK is not set", file=sys.stderr)
+        return 2
+    args.notebook = Path(notebook)
+    args.task_name = args.task_name or os.environ.get("NB2TASK_TASK_NAME") or None
+    return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
     try:
         if args.command == "run":
             _configure_logging(args.logging)
@@ -102,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("KeyboardInterrupt: interrupted", file=sys.stderr)
         return 130
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001 - every failure ends in one clean line
         return _report(err)
 
 
@@ -121,6 +160,8 @@ def _run(args: argparse.Namespace) -> None:
         options["save_workdir"] = True
         options["upload"] = False
         output = output or str(Path(options["workdir"]) / "output-payload.json")
+    if args.download_assets is not None:
+        options["download_assets"] = args.download_assets.split(",")
     run_notebook(
         args.notebook,
         args.input,

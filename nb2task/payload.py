@@ -111,7 +111,7 @@ def _check_collection_expressions(payload: Payload) -> None:
     for where, expr in expressions:
         try:
             parser.parse(expr)
-        except Exception:  # jsonpath_ng raises several types, none of them public
+        except Exception:  # noqa: BLE001 - jsonpath_ng raises several types, none public
             raise InvalidInput(
                 f"{where}: {expr!r} is not a JSONPath expression "
                 "(stactask 0.7 wants e.g. \"$[?(@.id =~ 'S2.*')]\", not a regex)"

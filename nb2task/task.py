@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -18,6 +19,7 @@ from stactask import Task
 from stactask.exceptions import InvalidInput
 
 from . import engine
+from .assets import S3Client, download_assets, upload_local_assets
 from .errors import NotebookCellError
 from .harvest import check_items, emitted_items
 from .notebook import Notebook
@@ -28,8 +30,11 @@ from .payload import (
     load_payload,
     write_json,
 )
+from .record import link_record, record_prefix, render_html, upload_record
 
 INPUT_PAYLOAD_NAME = "input-payload.json"
+# A task option nb2task itself reads (unless the notebook declares it as a parameter).
+DOWNLOAD_ASSETS_OPTION = "download_assets"
 
 
 class NotebookTask(Task):
@@ -59,17 +64,35 @@ class NotebookTask(Task):
         *,
         overrides: dict[str, Any] | None = None,
         cell_timeout: float | None = None,
+        download_assets: Sequence[str] | None = None,
+        record_prefix: str | None = None,
         **kwargs: Any,
     ):
         with warnings.catch_warnings():
             # stactask warns about the legacy collections mapping on every access.
             warnings.simplefilter("ignore", DeprecationWarning)
             super().__init__(payload, **kwargs)
+            options = dict(self.task_options)
+            declared = self.notebook.schema.get(DOWNLOAD_ASSETS_OPTION) is not None
+            option_assets = (
+                options.get(DOWNLOAD_ASSETS_OPTION)
+                if declared
+                else options.pop(DOWNLOAD_ASSETS_OPTION, None)
+            )
             self.parameters_to_inject = self.notebook.schema.resolve(
-                strict={**self.task_options, **(overrides or {})},
+                strict={**options, **(overrides or {})},
                 lenient=self.payload.workflow_options,
             )
+        self.download_assets = _asset_keys(
+            download_assets
+            if download_assets is not None
+            else option_assets
+            if option_assets is not None
+            else self.notebook.settings.download_assets
+        )
         self.cell_timeout = cell_timeout
+        self.record_prefix = record_prefix
+        self._record_uploaded = False
 
     @property
     def workdir(self) -> Path:
@@ -81,9 +104,12 @@ class NotebookTask(Task):
         return self._workdir / f"{self.name}.executed.ipynb"
 
     def process(self, **_: Any) -> list[dict[str, Any]]:
-        """Run the notebook on the payload and return the items it emitted."""
+        """Download assets, run the notebook on the payload, return the items it emitted."""
+        features = download_assets(
+            self.payload.items_as_dicts, self.download_assets, self._workdir / "input-assets"
+        )
         input_path = self._workdir / INPUT_PAYLOAD_NAME
-        input_path.write_text(json.dumps(self.payload), encoding="utf-8")
+        input_path.write_text(json.dumps({**self.payload, "features": features}), encoding="utf-8")
 
         injected = dict(self.parameters_to_inject)
         declared = self.notebook.schema.declared_reserved
@@ -102,7 +128,6 @@ class NotebookTask(Task):
                 cell_timeout=self.cell_timeout,
             )
         except NotebookCellError as err:
-            self.logger.error("executed notebook kept at %s", self.executed_notebook_path)
             if err.dotted_name == "stactask.exceptions.InvalidInput":
                 raise InvalidInput(str(err)) from None
             raise
@@ -111,16 +136,72 @@ class NotebookTask(Task):
         return items
 
     def run(self) -> dict[str, Any]:
-        """Process the payload and return the output payload."""
+        """Process the payload and return the output payload; keep the record either way."""
+        features: list[dict[str, Any]] = []
         try:
-            items = [self._post_process_item(item) for item in self.process()]
-            self.payload["features"] = items
+            features = [self._post_process_item(item) for item in self.process()]
+            self.payload["features"] = features
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.assign_collections()
-            return dict(self.payload)
+            if self._upload:
+                features = upload_local_assets(self.payload, self.payload["features"])
+                self._publish_record(features, features[0] if features else None)
+            return {**self.payload, "features": features}
+        except BaseException:
+            self._keep_record_of_failure()
+            raise
         finally:
             self.cleanup_workdir()
+
+    def _publish_record(
+        self, features: list[dict[str, Any]], placed_by: dict[str, Any] | None
+    ) -> None:
+        """Upload the executed notebook and its HTML; link them from ``features``."""
+        notebook = self.executed_notebook_path
+        if not notebook.exists():
+            return
+        html = render_html(notebook)
+        prefix = record_prefix(self.payload, placed_by) or self.record_prefix
+        if prefix is None or "://" not in prefix:
+            self.logger.warning("no upload location for the run record; kept at %s", notebook)
+            return
+        options = self.payload.get_collection_upload_options(
+            placed_by.get("collection") if placed_by else None
+        )
+        urls = upload_record(
+            [p for p in (notebook, html) if p], prefix, S3Client(), bool(options.get("s3_urls"))
+        )
+        self._record_uploaded = True
+        self.logger.info("run record uploaded: %s", ", ".join(urls.values()))
+        link_record(features, urls[notebook.name], urls.get(html.name) if html else None)
+
+    def _keep_record_of_failure(self) -> None:
+        notebook = self.executed_notebook_path
+        if not notebook.exists():
+            return
+        self.logger.error("executed notebook kept at %s", notebook)
+        if not self._upload:
+            render_html(notebook)
+            return
+        try:
+            placed_by = self._first_input_item_with_collection()
+            self._publish_record([], placed_by)
+        except Exception as err:  # noqa: BLE001 - the run's own error is what matters
+            self.logger.warning("could not upload the run record: %s", err)
+
+    def _first_input_item_with_collection(self) -> dict[str, Any] | None:
+        from stactask.utils import find_collection
+
+        items = self.payload.items_as_dicts
+        if not items:
+            return None
+        item = dict(items[0])
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            config = self.payload.collection_matchers or self.payload.collection_mapping
+            item["collection"] = find_collection(config, item) or item.get("collection")
+        return item
 
     @classmethod
     def handler(cls, payload: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
@@ -133,6 +214,9 @@ class NotebookTask(Task):
         """Remove a temporary workdir, but keep the executed notebook: it is the record."""
         if self._save_workdir or not self._workdir.exists():
             return
+        if self._record_uploaded:
+            super().cleanup_workdir()
+            return
         for child in self._workdir.iterdir():
             if child == self.executed_notebook_path:
                 continue
@@ -142,6 +226,17 @@ class NotebookTask(Task):
                 child.unlink(missing_ok=True)
         if self.executed_notebook_path.exists():
             self.logger.info("executed notebook kept at %s", self.executed_notebook_path)
+
+
+def _asset_keys(value: Any) -> tuple[str, ...]:
+    """Asset keys to download: a list, a comma-separated string, or ``*`` for all."""
+    if value is None:
+        return ()
+    if isinstance(value, str):
+        return tuple(k.strip() for k in value.split(",") if k.strip())
+    if isinstance(value, list | tuple) and all(isinstance(k, str) for k in value):
+        return tuple(value)
+    raise InvalidInput(f"{DOWNLOAD_ASSETS_OPTION} must be a list of asset keys, got {value!r}")
 
 
 def run_notebook(
@@ -165,6 +260,9 @@ def run_notebook(
         # Relative asset hrefs in a local payload file are relative to that file.
         absolutize_local_asset_hrefs(document, Path(input_url).resolve().parent)
     parsed = parse_overrides(task_class.notebook, overrides or {})
+    if output_url is not None and "://" in str(output_url):
+        # Where no path_template places the record, it goes beside the output payload.
+        task_options.setdefault("record_prefix", str(output_url).rsplit("/", 1)[0])
     output = task_class.handler(document, overrides=parsed, **task_options)
     write_json(output, output_url)
     return output

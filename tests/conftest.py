@@ -1,117 +1,16 @@
-"""Shared fixtures: notebooks and payloads made on the fly, the CLI as a subprocess."""
+"""Shared fixtures (helpers live in nbtest.py)."""
 
 from __future__ import annotations
 
 import copy
 import json
-import subprocess
-import sys
-from collections.abc import Callable
-from dataclasses import dataclass
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_notebook
-
-REPO = Path(__file__).resolve().parent.parent
-FIXTURES = Path(__file__).resolve().parent / "fixtures"
-NB2TASK = str(Path(sys.executable).parent / "nb2task")
-
-
-def sample_item(item_id: str = "item-1", **properties: Any) -> dict[str, Any]:
-    """A small valid STAC item."""
-    return {
-        "type": "Feature",
-        "stac_version": "1.1.0",
-        "id": item_id,
-        "collection": "test-collection",
-        "geometry": {"type": "Point", "coordinates": [10.0, 50.0]},
-        "bbox": [10.0, 50.0, 10.0, 50.0],
-        "properties": {"datetime": "2024-05-01T10:00:00Z", **properties},
-        "links": [{"rel": "self", "href": f"https://example.com/items/{item_id}"}],
-        "assets": {},
-    }
-
-
-def make_payload(
-    tasks: dict[str, dict[str, Any]] | None = None,
-    workflow_options: dict[str, Any] | None = None,
-    features: list[dict[str, Any]] | None = None,
-    **process: Any,
-) -> dict[str, Any]:
-    """A Cirrus process payload around ``features`` (one sample item by default)."""
-    definition: dict[str, Any] = {"workflow": "test-workflow", "upload_options": {}}
-    if tasks is not None:
-        definition["tasks"] = tasks
-    if workflow_options is not None:
-        definition["workflow_options"] = workflow_options
-    definition.update(process)
-    return {
-        "type": "FeatureCollection",
-        "id": "test-collection/workflow-test-workflow/item-1",
-        "features": features if features is not None else [sample_item()],
-        "process": [definition],
-    }
-
-
-def write_notebook(
-    path: Path,
-    parameters: str | None,
-    *cells: str | tuple[str, list[str]],
-    metadata: dict[str, Any] | None = None,
-) -> Path:
-    """Write a notebook: a ``parameters`` cell (if given) then code cells.
-
-    A cell given as ``(source, tags)`` carries those tags.
-    """
-    nb = new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    if metadata is not None:
-        nb.metadata["nb2task"] = metadata
-    if parameters is not None:
-        cell = new_code_cell(parameters)
-        cell.metadata["tags"] = ["parameters"]
-        nb.cells.append(cell)
-    for spec in cells:
-        source, tags = (spec, []) if isinstance(spec, str) else spec
-        cell = new_code_cell(source)
-        if tags:
-            cell.metadata["tags"] = tags
-        nb.cells.append(cell)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(nb, path)
-    return path
-
-
-@dataclass
-class CliResult:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    @property
-    def last_stderr_line(self) -> str:
-        lines = [line for line in self.stderr.splitlines() if line.strip()]
-        return lines[-1] if lines else ""
-
-
-def run_cli(*args: str | Path, stdin: str | None = None, cwd: Path | None = None) -> CliResult:
-    """Run the real ``nb2task`` console script."""
-    proc = subprocess.run(
-        [NB2TASK, *map(str, args)],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        cwd=cwd,
-        timeout=300,
-    )
-    return CliResult(proc.returncode, proc.stdout, proc.stderr)
+from nbtest import FIXTURES, CliResult, run_cli
 
 
 @pytest.fixture
@@ -138,3 +37,53 @@ def write_json(tmp_path: Path) -> Callable[[str, Any], Path]:
         return path
 
     return write
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """A real S3 endpoint: moto's server on loopback, reached over HTTP by boto3, s3fs,
+    stac-asset and every nb2task subprocess (through AWS_ENDPOINT_URL)."""
+    from moto.server import ThreadedMotoServer
+
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    saved = {k: os.environ.get(k) for k in AWS_TEST_ENV}
+    os.environ.update(AWS_TEST_ENV, AWS_ENDPOINT_URL=endpoint)
+    try:
+        yield endpoint
+    finally:
+        server.stop()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+AWS_TEST_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_SESSION_TOKEN": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+    "AWS_ENDPOINT_URL": "",
+}
+
+
+@pytest.fixture
+def s3(s3_endpoint: str) -> Any:
+    """A boto3 S3 client on the test endpoint."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=s3_endpoint)
+
+
+@pytest.fixture
+def bucket(s3: Any, request: pytest.FixtureRequest) -> str:
+    """A fresh, empty bucket for one test."""
+    name = "nb2task-" + request.node.name.lower().replace("_", "-")[:40].strip("-[]") + "-b"
+    name = "".join(c if c.isalnum() or c == "-" else "-" for c in name)
+    s3.create_bucket(Bucket=name)
+    return name

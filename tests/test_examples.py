@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import FIXTURES, REPO, run_cli, write_notebook
+from nbtest import FIXTURES, REPO, run_cli, write_notebook
 
 NOTEBOOKS = REPO / "notebooks"
 PAYLOADS = FIXTURES / "payloads"
@@ -43,7 +43,9 @@ def test_ndvi_example_writes_a_derived_cog(tmp_path: Path) -> None:
 
 
 def test_minimal_example(tmp_path: Path) -> None:
-    result = run_cli("run", NOTEBOOKS / "minimal.ipynb", NOTEBOOKS / "minimal.payload.json")
+    result = run_cli(
+        "run", NOTEBOOKS / "minimal.ipynb", NOTEBOOKS / "minimal.payload.json", "--no-upload"
+    )
     assert result.returncode == 0, result.stderr
     [item] = json.loads(result.stdout)["features"]
     assert item["properties"]["nb2task:note"] == "hello from the sample payload"

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import nbformat
 import pytest
-from conftest import make_payload, run_cli, sample_item, write_notebook
+from nbtest import make_payload, run_cli, sample_item, write_notebook
 
 EMIT_PROPS = """
 import nb2task

@@ -1,0 +1,360 @@
+"""S3 payloads and assets, upload options, the run record, the Lambda handler.
+
+Everything goes over HTTP to a real moto S3 server on 127.0.0.1 (the ``s3_endpoint``
+fixture); nb2task runs as a real subprocess with real kernels.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from nbtest import REPO, make_payload, run_cli, sample_item, write_notebook
+
+WRITES_ASSETS = """
+import pathlib, pystac, nb2task
+items = nb2task.read_items(payload)
+out = []
+for item in items:
+    path = pathlib.Path(workdir) / f"{item.id}-result.txt"
+    path.write_text(f"made from {item.id}")
+    item.add_asset("result", pystac.Asset(href=str(path), media_type="text/plain", roles=["data"]))
+    item.add_asset("remote", pystac.Asset(href="https://example.com/remote.tif"))
+    out.append(item)
+nb2task.emit(out)
+"""
+
+
+@pytest.fixture
+def writer(tmp_path: Path) -> Path:
+    return write_notebook(
+        tmp_path / "writer.ipynb", 'payload = "x.json"\nworkdir = "."', WRITES_ASSETS
+    )
+
+
+def put_json(s3: Any, bucket: str, key: str, document: Any) -> str:
+    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(document).encode())
+    return f"s3://{bucket}/{key}"
+
+
+def get_json(s3: Any, bucket: str, key: str) -> Any:
+    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
+
+
+def keys(s3: Any, bucket: str) -> set[str]:
+    return {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
+
+
+def test_s3_input_and_output_with_upload(s3: Any, bucket: str, writer: Path) -> None:
+    payload = make_payload(
+        features=[sample_item("a", platform="sentinel-2b"), sample_item("b", platform="landsat")],
+        upload_options={
+            "path_template": f"s3://{bucket}/data/${{collection}}/${{platform}}/${{year}}/${{id}}/",
+            "s3_urls": True,
+            "headers": {"CacheControl": "max-age=60"},
+            "public_assets": ["result"],
+        },
+    )
+    url_in = put_json(s3, bucket, "payloads/in.json", payload)
+    result = run_cli("run", writer, url_in, "--output", f"s3://{bucket}/payloads/out.json")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ""
+    out = get_json(s3, bucket, "payloads/out.json")
+    hrefs = {f["id"]: f["assets"]["result"]["href"] for f in out["features"]}
+    assert hrefs == {
+        "a": f"s3://{bucket}/data/test-collection/sentinel-2b/2024/a/a-result.txt",
+        "b": f"s3://{bucket}/data/test-collection/landsat/2024/b/b-result.txt",
+    }
+    obj = s3.get_object(Bucket=bucket, Key="data/test-collection/sentinel-2b/2024/a/a-result.txt")
+    assert obj["Body"].read() == b"made from a"
+    assert obj["CacheControl"] == "max-age=60" and obj["ContentType"] == "text/plain"
+    acl = s3.get_object_acl(
+        Bucket=bucket, Key="data/test-collection/sentinel-2b/2024/a/a-result.txt"
+    )
+    assert any(g["Grantee"].get("URI", "").endswith("AllUsers") for g in acl["Grants"])
+    # Remote hrefs are untouched; nothing points at local disk.
+    assert out["features"][0]["assets"]["remote"]["href"] == "https://example.com/remote.tif"
+    assert_no_local_hrefs(out)
+
+
+def assert_no_local_hrefs(payload: dict[str, Any]) -> None:
+    for feature in payload["features"]:
+        for key, asset in feature["assets"].items():
+            assert "://" in asset["href"] and not asset["href"].startswith("file:"), (key, asset)
+
+
+def test_http_urls_when_s3_urls_is_false(s3: Any, bucket: str, writer: Path, write_json) -> None:
+    payload = make_payload(upload_options={"path_template": f"s3://{bucket}/${{id}}"})
+    result = run_cli("run", writer, write_json("in.json", payload))
+    assert result.returncode == 0, result.stderr
+    [item] = json.loads(result.stdout)["features"]
+    assert item["assets"]["result"]["href"] == (
+        f"https://{bucket}.s3.us-east-1.amazonaws.com/item-1/item-1-result.txt"
+    )
+    assert item["assets"]["executed-notebook"]["href"].startswith(f"https://{bucket}.s3.")
+
+
+def test_per_collection_upload_options(s3: Any, bucket: str, writer: Path, write_json) -> None:
+    s3.create_bucket(Bucket=f"{bucket}-special")
+    payload = make_payload(
+        features=[sample_item("s2-x"), sample_item("ls-y")],
+        upload_options={"path_template": f"s3://{bucket}/${{collection}}/${{id}}", "s3_urls": True},
+        collection_matchers=[
+            {"type": "jsonpath", "pattern": "$[?(@.id =~ 's2-.*')]", "collection_name": "s2"},
+            {"type": "catch_all", "collection_name": "other"},
+        ],
+        collection_options={
+            "s2": {
+                "upload_options": {
+                    "path_template": f"s3://{bucket}-special/cogs/${{collection}}/${{id}}",
+                    "s3_urls": True,
+                }
+            }
+        },
+    )
+    result = run_cli("run", writer, write_json("in.json", payload))
+    assert result.returncode == 0, result.stderr
+    out = {f["id"]: f for f in json.loads(result.stdout)["features"]}
+    assert out["s2-x"]["collection"] == "s2" and out["ls-y"]["collection"] == "other"
+    assert out["s2-x"]["assets"]["result"]["href"] == (
+        f"s3://{bucket}-special/cogs/s2/s2-x/s2-x-result.txt"
+    )
+    assert out["ls-y"]["assets"]["result"]["href"] == f"s3://{bucket}/other/ls-y/ls-y-result.txt"
+
+
+def test_run_record_uploaded_and_linked_on_success(s3: Any, bucket: str, writer: Path, write_json):
+    payload = make_payload(
+        upload_options={"path_template": f"s3://{bucket}/${{collection}}/${{id}}", "s3_urls": True}
+    )
+    result = run_cli("run", writer, write_json("in.json", payload))
+    assert result.returncode == 0, result.stderr
+    [item] = json.loads(result.stdout)["features"]
+    record = item["assets"]["executed-notebook"]
+    assert record["href"] == f"s3://{bucket}/test-collection/item-1/writer.executed.ipynb"
+    assert record["roles"] == ["metadata", "nb2task-record"]
+    html = item["assets"]["executed-notebook-html"]
+    assert html["type"] == "text/html"
+    executed = get_json(s3, bucket, "test-collection/item-1/writer.executed.ipynb")
+    assert executed["metadata"]["papermill"]["parameters"]["payload"].endswith("input-payload.json")
+    page = s3.get_object(Bucket=bucket, Key="test-collection/item-1/writer.executed.html")
+    assert page["ContentType"] == "text/html" and b"<html" in page["Body"].read()
+
+
+def test_run_record_uploaded_on_failure(s3: Any, bucket: str, tmp_path: Path, write_json) -> None:
+    nb = write_notebook(tmp_path / "broken.ipynb", 'payload = "x.json"', "raise ValueError('bad')")
+    payload = make_payload(
+        upload_options={"path_template": f"s3://{bucket}/${{collection}}/${{id}}"},
+        collection_matchers=[{"type": "catch_all", "collection_name": "failed-runs"}],
+    )
+    output = tmp_path / "out.json"
+    result = run_cli("run", nb, write_json("in.json", payload), "--output", output)
+    assert result.returncode == 1
+    assert result.last_stderr_line.startswith("ValueError: bad (notebook cell In [")
+    assert "run record uploaded: " in result.stderr
+    assert keys(s3, bucket) == {
+        "failed-runs/item-1/broken.executed.ipynb",
+        "failed-runs/item-1/broken.executed.html",
+    }
+    executed = get_json(s3, bucket, "failed-runs/item-1/broken.executed.ipynb")
+    assert any(
+        o.get("ename") == "ValueError" for c in executed["cells"] for o in c.get("outputs", [])
+    )
+    assert not output.exists()
+
+
+def test_partial_upload_is_undone(s3: Any, bucket: str, tmp_path: Path, write_json) -> None:
+    nb = write_notebook(
+        tmp_path / "half.ipynb",
+        'payload = "x.json"\nworkdir = "."',
+        "import pathlib, nb2task\n"
+        "good = pathlib.Path(workdir) / 'good.txt'; good.write_text('ok')\n"
+        "items = [\n"
+        "  dict(nb2task.read_items(payload)[0].to_dict(), id='first',"
+        " assets={'r': {'href': str(good)}}),\n"
+        "  dict(nb2task.read_items(payload)[0].to_dict(), id='second',"
+        " assets={'r': {'href': '/nonexistent/missing.tif'}}),\n"
+        "]\n"
+        "nb2task.emit(items)",
+    )
+    payload = make_payload(upload_options={"path_template": f"s3://{bucket}/out/${{id}}"})
+    result = run_cli("run", nb, write_json("in.json", payload))
+    assert result.returncode == 1
+    assert result.last_stderr_line == (
+        "nb2task.assets.AssetError: item second: asset 'r' file /nonexistent/missing.tif "
+        "does not exist"
+    )
+    assert not [k for k in keys(s3, bucket) if k.startswith("out/first/good")]
+
+
+@pytest.fixture
+def remote_bands(s3: Any, bucket: str) -> dict[str, Any]:
+    """The NDVI sample scene on S3, and an item pointing at it."""
+    for band in ("red", "nir"):
+        s3.upload_file(
+            str(REPO / "notebooks/data" / f"sample-{band}.tif"), bucket, f"src/{band}.tif"
+        )
+    item = json.loads((REPO / "notebooks/ndvi.payload.json").read_text())["features"][0]
+    for band in ("red", "nir"):
+        item["assets"][band]["href"] = f"s3://{bucket}/src/{band}.tif"
+    return item
+
+
+DOWNLOAD_CHECK = """
+import os, nb2task
+[item] = nb2task.read_items(payload)
+item.properties["seen"] = {
+    k: [os.path.isabs(a.href), os.path.isfile(a.href)] for k, a in item.assets.items()
+}
+nb2task.emit(item)
+"""
+
+
+@pytest.mark.parametrize(
+    ("metadata", "task_options", "cli_args", "expected_local"),
+    [
+        ({"download_assets": ["red"]}, {}, [], {"red"}),
+        ({"download_assets": ["red"]}, {"download_assets": ["nir"]}, [], {"nir"}),
+        (
+            {"download_assets": ["red"]},
+            {"download_assets": ["nir"]},
+            ["--download-assets", "*"],
+            {"red", "nir"},
+        ),
+        ({}, {}, [], set()),
+    ],
+)
+def test_asset_download(
+    remote_bands, tmp_path: Path, write_json, metadata, task_options, cli_args, expected_local
+) -> None:
+    nb = write_notebook(
+        tmp_path / "dl.ipynb", 'payload = "x.json"', DOWNLOAD_CHECK, metadata=metadata
+    )
+    payload = make_payload(features=[remote_bands], tasks={"dl": task_options})
+    result = run_cli("run", nb, write_json("in.json", payload), "--no-upload", *cli_args)
+    assert result.returncode == 0, result.stderr
+    assert "get_event_loop" not in result.stderr  # no deprecation warning
+    seen = json.loads(result.stdout)["features"][0]["properties"]["seen"]
+    assert {k for k, (absolute, exists) in seen.items() if absolute and exists} == expected_local
+
+
+def test_ndvi_from_s3_assets_to_s3(remote_bands, s3: Any, bucket: str, write_json) -> None:
+    """The main example, cloud style: bands downloaded from S3, the COG uploaded."""
+    payload = json.loads((REPO / "notebooks/ndvi.payload.json").read_text())
+    payload["features"] = [remote_bands]
+    payload["process"][0]["upload_options"]["path_template"] = f"s3://{bucket}/ndvi/${{id}}/"
+    url_in = put_json(s3, bucket, "payloads/ndvi-in.json", payload)
+    result = run_cli(
+        "run",
+        REPO / "notebooks/ndvi.ipynb",
+        url_in,
+        "--output",
+        f"s3://{bucket}/payloads/ndvi-out.json",
+        "--download-assets",
+        "red,nir",
+    )
+    assert result.returncode == 0, result.stderr
+    [item] = get_json(s3, bucket, "payloads/ndvi-out.json")["features"]
+    href = item["assets"]["ndvi"]["href"]
+    assert href == f"s3://{bucket}/ndvi/{item['id']}/{item['id']}.tif".replace(
+        f"{item['id']}.tif", "S2B_33TUG_20240704_0_L2A-sample_ndvi.tif"
+    )
+    body = s3.get_object(Bucket=bucket, Key=href.split(f"{bucket}/", 1)[1])["Body"].read()
+    assert body[:2] in (b"II", b"MM")  # a TIFF
+    assert_no_local_hrefs({"features": [item]})
+
+
+def test_missing_asset_to_download_is_invalid_input(remote_bands, tmp_path: Path, write_json):
+    nb = write_notebook(tmp_path / "dl.ipynb", 'payload = "x.json"', DOWNLOAD_CHECK)
+    payload = make_payload(features=[remote_bands])
+    result = run_cli("run", nb, write_json("in.json", payload), "--download-assets", "swir")
+    assert result.returncode == 3
+    assert result.last_stderr_line == (
+        "stactask.exceptions.InvalidInput: assets to download are missing: "
+        "S2B_33TUG_20240704_0_L2A-sample:swir"
+    )
+
+
+# --- Lambda -----------------------------------------------------------------------
+
+LAMBDA_CALL = """
+import json, sys
+import nb2task
+
+class Context:
+    aws_request_id = "req-1234"
+
+event = json.load(sys.stdin)
+try:
+    print(json.dumps(nb2task.lambda_handler(event, Context())))
+except Exception as err:
+    print(json.dumps({"errorType": type(err).__name__, "errorMessage": str(err)}))
+"""
+
+
+def invoke_lambda(notebook: Path, event: Any, **env: str) -> tuple[Any, str]:
+    import os
+
+    proc = subprocess.run(
+        [sys.executable, "-c", LAMBDA_CALL],
+        input=json.dumps(event),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NB2TASK_NOTEBOOK": str(notebook), **env},
+    )
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
+
+
+def test_lambda_payload_and_url_events(s3: Any, bucket: str, writer: Path) -> None:
+    payload = make_payload(
+        upload_options={"path_template": f"s3://{bucket}/${{id}}", "s3_urls": True}
+    )
+    out, logs = invoke_lambda(writer, payload)
+    assert out["id"] == payload["id"]
+    assert (
+        out["features"][0]["assets"]["result"]["href"] == f"s3://{bucket}/item-1/item-1-result.txt"
+    )
+    lines = [line for line in logs.splitlines() if "nb2task" in line or "writer" in line]
+    assert lines and all("req-1234" in line for line in lines)
+    assert any(payload["id"] in line for line in lines)
+
+    out2, _ = invoke_lambda(writer, {"url": put_json(s3, bucket, "in.json", payload)})
+    assert out2["features"][0]["id"] == "item-1"
+
+
+def test_lambda_offloads_oversized_output(s3: Any, bucket: str, tmp_path: Path) -> None:
+    nb = write_notebook(
+        tmp_path / "big.ipynb",
+        'payload = "x.json"\nsize: int = 10',
+        "import nb2task\nitems = nb2task.read_items(payload)\n"
+        "items[0].properties['padding'] = 'é' * size\nnb2task.emit(items)",
+    )
+    # 50 000 'é' are 50 000 characters but 300 000 once JSON-escaped (\\u00e9).
+    payload = make_payload(tasks={"big": {"size": 50_000}})
+    out, _ = invoke_lambda(nb, payload, CIRRUS_PAYLOAD_BUCKET=bucket)
+    assert list(out) == ["url"]
+    assert out["url"].startswith(f"s3://{bucket}/tmp/oversized/") and out["url"].endswith(".json")
+    stored = get_json(s3, bucket, out["url"].split(f"{bucket}/", 1)[1])
+    assert stored["features"][0]["properties"]["padding"] == "é" * 50_000
+
+    small, _ = invoke_lambda(
+        nb, make_payload(tasks={"big": {"size": 10}}), CIRRUS_PAYLOAD_BUCKET=bucket
+    )
+    assert "features" in small
+
+
+def test_lambda_errors_keep_their_type(tmp_path: Path) -> None:
+    nb = write_notebook(
+        tmp_path / "rejects.ipynb",
+        'payload = "x.json"',
+        "from stactask.exceptions import InvalidInput\nraise InvalidInput('cloudy')",
+    )
+    out, logs = invoke_lambda(nb, make_payload())
+    assert out["errorType"] == "InvalidInput"
+    assert out["errorMessage"].startswith("cloudy (notebook cell In [")
+    assert "stactask.exceptions.InvalidInput: cloudy" in logs
