@@ -44,6 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="show a notebook's parameters")
     inspect.add_argument("notebook", type=Path)
     inspect.add_argument("--json", action="store_true", help="print the JSON Schema")
+
+    build = commands.add_parser("build", help="write a Docker build context and deploy files")
+    build.add_argument("notebook", type=Path)
+    build.add_argument("-o", "--output-dir", type=Path, help="where (default: build/<name>)")
+    build.add_argument("--name", help="task name (default: notebook metadata or file stem)")
+    build.add_argument("--requirements", type=Path, help="requirements file of the notebook")
+    build.add_argument("--base-image", help="the nb2task base image to build FROM")
+    build.add_argument("--image", help="image repository (default: nb2task/<name>)")
+    build.add_argument("--tag", help="image tag prefix (default: the task version)")
+    build.add_argument(
+        "--include",
+        type=Path,
+        action="append",
+        default=[],
+        help="a file or folder the notebook reads, copied beside it",
+    )
+    build.add_argument("--lambda-memory", type=int, metavar="MB")
+    build.add_argument("--lambda-timeout", type=int, metavar="SECONDS")
+    build.add_argument("--lambda-storage", type=int, metavar="MB")
+    build.add_argument("--batch-vcpu", type=float)
+    build.add_argument("--batch-memory", type=int, metavar="MB")
+    build.add_argument("--batch-timeout", type=int, metavar="SECONDS")
     return parser
 
 
@@ -110,7 +132,11 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         help="comma-separated asset keys to download before the run, '*' for all "
         "(default: the notebook's metadata, or the payload's tasks.<name>.download_assets)",
     )
-    run.add_argument("--logging", default="INFO", help="log level: DEBUG, INFO, WARNING, ERROR")
+    run.add_argument(
+        "--logging",
+        default=os.environ.get("NB2TASK_LOG_LEVEL", "INFO"),
+        help="log level: DEBUG, INFO, WARNING, ERROR (default: $NB2TASK_LOG_LEVEL or INFO)",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -137,6 +163,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             _run(args)
         elif args.command == "inspect":
             _inspect(args)
+        elif args.command == "build":
+            _configure_logging("INFO")
+            _build(args)
         return 0
     except KeyboardInterrupt:
         print("KeyboardInterrupt: interrupted", file=sys.stderr)
@@ -171,6 +200,34 @@ def _run(args: argparse.Namespace) -> None:
         cell_timeout=args.cell_timeout,
         **options,
     )
+
+
+def _build(args: argparse.Namespace) -> None:
+    from .build import DEFAULT_BASE_IMAGE, BuildOptions, build_context
+
+    options = BuildOptions(
+        output_dir=args.output_dir,
+        name=args.name,
+        requirements_file=args.requirements,
+        base_image=args.base_image or DEFAULT_BASE_IMAGE,
+        image=args.image,
+        tag=args.tag,
+        include=tuple(args.include),
+        lambda_overrides={
+            "memory_mb": args.lambda_memory,
+            "timeout_seconds": args.lambda_timeout,
+            "ephemeral_storage_mb": args.lambda_storage,
+        },
+        batch_overrides={
+            "vcpu": args.batch_vcpu,
+            "memory_mb": args.batch_memory,
+            "timeout_seconds": args.batch_timeout,
+        },
+    )
+    context = build_context(args.notebook, options)
+    print(f"build context for {context.name}: {context.path}")
+    print(f"  lambda image: {context.lambda_image}  (docker build --target lambda)")
+    print(f"  batch image:  {context.batch_image}  (docker build --target batch)")
 
 
 def _inspect(args: argparse.Namespace) -> None:

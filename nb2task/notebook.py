@@ -7,6 +7,7 @@ Task settings live in the notebook's metadata under ``nb2task`` (see
 from __future__ import annotations
 
 import copy
+import dataclasses
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,55 @@ METADATA_KEY = "nb2task"
 
 
 @dataclass(frozen=True)
+class LambdaSettings:
+    """How the task runs on AWS Lambda (metadata ``nb2task.lambda``; ``false`` disables)."""
+
+    enabled: bool = True
+    memory_mb: int = 1024
+    timeout_seconds: int = 900
+    ephemeral_storage_mb: int = 2048
+
+
+@dataclass(frozen=True)
+class BatchSettings:
+    """How the task runs on AWS Batch (metadata ``nb2task.batch``; ``false`` disables)."""
+
+    enabled: bool = True
+    vcpu: float = 1.0
+    memory_mb: int = 4096
+    timeout_seconds: int = 3600
+    retry_attempts: int = 3
+
+
+def _section(cls: type[Any], value: Any, key: str) -> Any:
+    """A settings dataclass from a metadata mapping (or ``false``), checking types."""
+    if value is False:
+        return cls(enabled=False)
+    if value is None or value is True:
+        return cls()
+    if not isinstance(value, dict):
+        raise NotebookError(f"notebook metadata '{METADATA_KEY}.{key}' must be a mapping or false")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    values = {}
+    for name, item in value.items():
+        if name not in fields:
+            known = ", ".join(f for f in fields if f != "enabled")
+            raise NotebookError(f"unknown setting '{METADATA_KEY}.{key}.{name}' (known: {known})")
+        default = fields[name].default
+        wanted: type[Any] = float if isinstance(default, float) else type(default)
+        ok = isinstance(item, wanted) or (wanted is float and isinstance(item, int))
+        if isinstance(item, bool) and wanted is not bool:
+            ok = False
+        if not ok or (wanted is not bool and item <= 0):
+            raise NotebookError(
+                f"setting '{METADATA_KEY}.{key}.{name}' must be a positive {wanted.__name__}, "
+                f"got {item!r}"
+            )
+        values[name] = wanted(item)
+    return cls(**values)
+
+
+@dataclass(frozen=True)
 class TaskSettings:
     """Settings of the task, from notebook metadata ``nb2task``."""
 
@@ -30,6 +80,8 @@ class TaskSettings:
     description: str = ""
     download_assets: tuple[str, ...] = ()
     requirements: tuple[str, ...] = ()
+    lambda_: LambdaSettings = field(default_factory=LambdaSettings)
+    batch: BatchSettings = field(default_factory=BatchSettings)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -37,7 +89,15 @@ class TaskSettings:
         """Settings from a notebook's ``metadata.nb2task`` mapping."""
         if not isinstance(metadata, dict):
             raise NotebookError(f"notebook metadata '{METADATA_KEY}' must be a mapping")
-        known = {"name", "version", "description", "download_assets", "requirements"}
+        known = {
+            "name",
+            "version",
+            "description",
+            "download_assets",
+            "requirements",
+            "lambda",
+            "batch",
+        }
         assets = metadata.get("download_assets", ())
         if isinstance(assets, str):
             assets = (assets,)
@@ -47,6 +107,8 @@ class TaskSettings:
             description=str(metadata.get("description", "")),
             download_assets=tuple(str(a) for a in assets),
             requirements=tuple(str(r) for r in metadata.get("requirements", ())),
+            lambda_=_section(LambdaSettings, metadata.get("lambda"), "lambda"),
+            batch=_section(BatchSettings, metadata.get("batch"), "batch"),
             extra={k: v for k, v in metadata.items() if k not in known},
         )
 

@@ -1,0 +1,261 @@
+"""``nb2task build``: a notebook in, a deployable Cirrus task build context out.
+
+The context holds the cleaned notebook, its pinned requirements, one multi-stage
+``Dockerfile`` (targets ``lambda`` and ``batch``, both thin layers over the shared
+nb2task base image), the FilmDrop task ``definition.yaml``, the parameters' JSON
+Schema and a README. Everything is rendered from the Jinja2 templates in
+``nb2task/templates``; the same inputs give byte-identical files.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import nbformat
+
+from . import __version__
+from .errors import NotebookError
+from .notebook import BatchSettings, LambdaSettings, Notebook
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BASE_IMAGE = f"nb2task-base:{__version__}"
+TASK_DIR = "/opt/nb2task/task"
+LAMBDA_HANDLER = "nb2task.lambda_handler"
+BATCH_COMMAND = ["run", "Ref::url", "--output", "Ref::url_out"]
+TEMPLATES = Path(__file__).parent / "templates"
+
+# Lambda's hard limits.
+LAMBDA_MAX_TIMEOUT_S = 900
+LAMBDA_MAX_MEMORY_MB = 10_240
+LAMBDA_MAX_STORAGE_MB = 10_240
+# Packages that rarely fit a 10 GB Lambda image or its 15 minutes.
+HEAVY_PACKAGES = {"torch", "tensorflow", "jax", "jaxlib", "cupy", "triton"}
+
+_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*(.*)$")
+
+
+class BuildError(NotebookError):
+    """The notebook cannot be turned into a build context."""
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """What ``nb2task build`` was asked; ``None`` means: from the notebook's metadata."""
+
+    output_dir: Path | None = None
+    name: str | None = None
+    requirements_file: Path | None = None
+    base_image: str = DEFAULT_BASE_IMAGE
+    image: str | None = None
+    tag: str | None = None
+    include: tuple[Path, ...] = ()
+    lambda_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    batch_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class BuildContext:
+    """A written build context and what is in it."""
+
+    path: Path
+    name: str
+    lambda_image: str
+    batch_image: str
+    warnings: tuple[str, ...]
+
+
+def build_context(notebook_path: str | Path, options: BuildOptions) -> BuildContext:
+    """Write the build context for the notebook at ``notebook_path``."""
+    notebook = Notebook.load(notebook_path, options.name)
+    name = notebook.name
+    if not re.fullmatch(r"[A-Za-z0-9-]+", name):
+        raise BuildError(
+            f"task name '{name}' must use only letters, digits and '-' (FilmDrop's rule): "
+            "set --name or metadata nb2task.name"
+        )
+    lambda_settings = _override(notebook.settings.lambda_, options.lambda_overrides)
+    batch_settings = _override(notebook.settings.batch, options.batch_overrides)
+    requirements = pinned_requirements(notebook, options.requirements_file)
+    image = options.image or f"nb2task/{name}"
+    tag = options.tag or notebook.settings.version
+    out = (options.output_dir or Path("build") / name).resolve()
+    notebook_file = f"{name}.ipynb"
+
+    warnings = lambda_fit_warnings(lambda_settings, requirements)
+    for message in warnings:
+        logger.warning(message)
+
+    values = {
+        "name": name,
+        "version": notebook.settings.version,
+        "description": notebook.settings.description or f"nb2task notebook task {name}",
+        "nb2task_version": __version__,
+        "base_image": options.base_image,
+        "task_dir": TASK_DIR,
+        "notebook_file": notebook_file,
+        "has_requirements": bool(requirements),
+        "includes": sorted(p.name for p in options.include),
+        "lambda": lambda_settings,
+        "batch": batch_settings,
+        "lambda_image": f"{image}:{tag}-lambda",
+        "batch_image": f"{image}:{tag}-batch",
+        "lambda_handler": LAMBDA_HANDLER,
+        "batch_command": BATCH_COMMAND,
+        "container_properties": container_properties(f"{image}:{tag}-batch", batch_settings),
+        "parameters": notebook.schema.parameters,
+        "warnings": warnings,
+    }
+
+    if out.exists():
+        shutil.rmtree(out)
+    (out / "notebook").mkdir(parents=True)
+    _write_clean_notebook(notebook, out / "notebook" / notebook_file)
+    for extra in options.include:
+        _copy_include(extra, out / "notebook")
+    (out / "requirements.txt").write_text("".join(f"{r}\n" for r in requirements), encoding="utf-8")
+    schema = notebook.schema.json_schema(title=name)
+    (out / "parameters.schema.json").write_text(
+        json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8"
+    )
+    for template, target in (
+        ("Dockerfile.j2", "Dockerfile"),
+        ("definition.yaml.j2", "definition.yaml"),
+        ("README.md.j2", "README.md"),
+        ("dockerignore.j2", ".dockerignore"),
+    ):
+        (out / target).write_text(render(template, values), encoding="utf-8")
+    return BuildContext(out, name, values["lambda_image"], values["batch_image"], warnings)
+
+
+def render(template: str, values: dict[str, Any]) -> str:
+    """Render one of nb2task's templates."""
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(TEMPLATES),
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # Dockerfiles, YAML and Markdown, not HTML
+    )
+    env.filters["tojson"] = lambda value: json.dumps(value, sort_keys=True)
+    return env.get_template(template).render(**values)
+
+
+def container_properties(image: str, batch: BatchSettings) -> str:
+    """Batch's RegisterJobDefinition containerProperties, as the JSON string FilmDrop takes."""
+    memory = str(batch.memory_mb)
+    vcpu = f"{batch.vcpu:g}"
+    properties = {
+        "image": image,
+        "command": BATCH_COMMAND,
+        "resourceRequirements": [
+            {"type": "VCPU", "value": vcpu},
+            {"type": "MEMORY", "value": memory},
+        ],
+        "environment": [{"name": "NB2TASK_LOG_LEVEL", "value": "INFO"}],
+    }
+    return json.dumps(properties, indent=2, sort_keys=True)
+
+
+def pinned_requirements(notebook: Notebook, requirements_file: Path | None) -> list[str]:
+    """The task's requirements, each pinned (``==``): to the version installed here when
+    the source leaves it open, since that is the version the notebook was tried with."""
+    source = _requirement_lines(notebook, requirements_file)
+    pinned = []
+    for line in source:
+        match = _REQUIREMENT_NAME.match(line)
+        if not match:
+            raise BuildError(f"cannot read requirement {line!r}")
+        name, extras, spec = match.group(1), match.group(2) or "", match.group(3).strip()
+        if spec.startswith("==") and "*" not in spec:
+            pinned.append(f"{name}{extras}{spec.replace(' ', '')}")
+            continue
+        try:
+            installed = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            raise BuildError(
+                f"requirement {line!r} is not pinned and {name} is not installed here to pin "
+                f"it to: write {name}==VERSION"
+            ) from None
+        pinned.append(f"{name}{extras}=={installed}")
+    return sorted(set(pinned), key=str.lower)
+
+
+def _requirement_lines(notebook: Notebook, requirements_file: Path | None) -> list[str]:
+    if requirements_file is not None:
+        text = requirements_file.read_text(encoding="utf-8")
+    elif notebook.settings.requirements:
+        return list(notebook.settings.requirements)
+    elif (beside := notebook.path.with_name("requirements.txt")).exists():
+        text = beside.read_text(encoding="utf-8")
+    else:
+        return []
+    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
+    return [line for line in lines if line and not line.startswith("-")]
+
+
+def lambda_fit_warnings(settings: LambdaSettings, requirements: list[str]) -> tuple[str, ...]:
+    """Why this task is unlikely to fit AWS Lambda, if it is."""
+    if not settings.enabled:
+        return ()
+    warnings = []
+    if settings.timeout_seconds > LAMBDA_MAX_TIMEOUT_S:
+        warnings.append(
+            f"lambda timeout {settings.timeout_seconds} s is over Lambda's "
+            f"{LAMBDA_MAX_TIMEOUT_S} s: run this task on Batch"
+        )
+    if settings.memory_mb > LAMBDA_MAX_MEMORY_MB:
+        warnings.append(
+            f"lambda memory {settings.memory_mb} MB is over Lambda's {LAMBDA_MAX_MEMORY_MB} MB"
+        )
+    if settings.ephemeral_storage_mb > LAMBDA_MAX_STORAGE_MB:
+        warnings.append(
+            f"lambda ephemeral storage {settings.ephemeral_storage_mb} MB is over Lambda's "
+            f"{LAMBDA_MAX_STORAGE_MB} MB"
+        )
+    heavy = sorted({r.split("==")[0].split("[")[0].lower() for r in requirements} & HEAVY_PACKAGES)
+    if heavy:
+        warnings.append(
+            f"requirements {', '.join(heavy)} rarely fit Lambda's 10 GB image and 15 minutes: "
+            "consider Batch only (metadata nb2task.lambda: false)"
+        )
+    return tuple(warnings)
+
+
+def _override(settings: Any, overrides: dict[str, Any]) -> Any:
+    given = {k: v for k, v in overrides.items() if v is not None}
+    return dataclasses.replace(settings, **given) if given else settings
+
+
+def _write_clean_notebook(notebook: Notebook, path: Path) -> None:
+    """The notebook as it runs in the image: no skip cells, no outputs, stable cell ids."""
+    node = notebook.runnable()
+    node = copy.deepcopy(node)
+    for index, cell in enumerate(node.cells):
+        cell["id"] = cell.get("id") or f"cell-{index}"
+        if cell.cell_type == "code":
+            cell.outputs = []
+            cell.execution_count = None
+    node.metadata.pop("papermill", None)
+    nbformat.write(node, str(path))  # type: ignore[no-untyped-call]
+
+
+def _copy_include(source: Path, target_dir: Path) -> None:
+    if not source.exists():
+        raise BuildError(f"--include {source}: no such file or directory")
+    if source.is_dir():
+        shutil.copytree(source, target_dir / source.name)
+    else:
+        shutil.copy2(source, target_dir / source.name)
