@@ -8,10 +8,12 @@ Exit codes: 0 success, 1 the task failed, 2 bad usage or unusable notebook,
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -265,9 +267,16 @@ def _report(err: Exception) -> int:
     if not isinstance(err, Nb2TaskError | InvalidInput):
         # An unexpected error: the traceback helps whoever debugs it.
         logging.getLogger("nb2task").exception("unexpected error")
-    logging.shutdown()
+    # Whatever could still log (spare kernels, kernel clients awaiting garbage
+    # collection) goes first: the error line must be the very last line.
+    if "nb2task.engine" in sys.modules:
+        sys.modules["nb2task.engine"].launcher.discard()
+    gc.collect()
     sys.stdout.flush()
+    sys.stderr.flush()
     print(error_line(err), file=sys.stderr, flush=True)
+    logging.disable(logging.CRITICAL)
+    warnings.simplefilter("ignore")
     return exit_code(err)
 
 

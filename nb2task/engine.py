@@ -1,12 +1,18 @@
 """Execute a notebook on a real Jupyter kernel, through papermill.
 
-One function, ``execute``, is the seam: a later engine (a pre-started kernel kept
-warm between payloads) can replace it without the task noticing.
+Kernels start in the background (``prestart``) so that one boots while the payload's
+assets download and papermill imports; a warm process (Lambda, ``--jobs``) can keep a
+fresh spare kernel ready for the next payload. Each payload gets its own kernel: no
+state leaks from one run into the next.
 """
 
 from __future__ import annotations
 
+import asyncio
+import atexit
+import concurrent.futures
 import logging
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +23,64 @@ from .errors import Nb2TaskError, NotebookCellError
 logger = logging.getLogger(__name__)
 
 KERNEL_NAME = "python3"
+
+
+class KernelLauncher:
+    """Starts kernels off the main thread; hands out one per notebook run."""
+
+    def __init__(self) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="nb2task-kernel")
+        self._pending: dict[Path, concurrent.futures.Future[Any]] = {}
+        self._lock = threading.Lock()
+        self.keep_spare = False
+
+    def prestart(self, cwd: Path) -> None:
+        """Start a kernel for a notebook in ``cwd`` now, unless one is already starting."""
+        with self._lock:
+            if cwd not in self._pending:
+                self._pending[cwd] = self._pool.submit(_start_kernel, cwd)
+
+    def take(self, cwd: Path) -> Any:
+        """A started kernel manager for ``cwd``; the caller shuts it down."""
+        self.prestart(cwd)
+        with self._lock:
+            future = self._pending.pop(cwd)
+        try:
+            km = future.result()
+        finally:
+            if self.keep_spare:
+                self.prestart(cwd)
+        return km
+
+    def discard(self) -> None:
+        """Shut down kernels started but not taken (at exit)."""
+        with self._lock:
+            pending, self._pending = list(self._pending.values()), {}
+        for future in pending:
+            try:
+                shutdown(future.result(timeout=60))
+            except Exception as err:  # noqa: BLE001 - exiting anyway
+                logger.debug("spare kernel: %s", err)
+
+
+def _start_kernel(cwd: Path) -> Any:
+    from jupyter_client.manager import AsyncKernelManager
+
+    km = AsyncKernelManager(kernel_name=KERNEL_NAME)
+    asyncio.run(km.start_kernel(cwd=str(cwd)))  # type: ignore[arg-type]
+    return km
+
+
+def shutdown(km: Any) -> None:
+    """Stop a kernel at once: its notebook is already saved."""
+    try:
+        asyncio.run(km.shutdown_kernel(now=True))
+    except Exception as err:  # noqa: BLE001 - a kernel that will not die is killed by the OS
+        logger.warning("kernel shutdown: %s", err)
+
+
+launcher = KernelLauncher()
+atexit.register(launcher.discard)
 
 
 def execute(
@@ -33,6 +97,7 @@ def execute(
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
+    km = launcher.take(cwd)
     try:
         executed: nbformat.NotebookNode = papermill.execute_notebook(
             node,
@@ -44,7 +109,7 @@ def execute(
             log_output=log_output,
             cwd=str(cwd),
             execution_timeout=cell_timeout,
-            shutdown_kernel="immediate",
+            km=km,
         )
         return executed
     except PapermillExecutionError as err:
@@ -55,3 +120,5 @@ def execute(
         raise Nb2TaskError(f"a notebook cell ran longer than {cell_timeout} s") from err
     except DeadKernelError as err:
         raise Nb2TaskError(f"the notebook's kernel died: {err}") from err
+    finally:
+        shutdown(km)

@@ -79,10 +79,43 @@ def error_name(exc: BaseException) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
+# Docker's log driver splits lines at 16 KiB and Cirrus reads only the last piece: a
+# longer line would lose its error name and turn INVALID into FAILED.
+MAX_MESSAGE_CHARS = 8_000
+
+
+def error_message(exc: BaseException) -> str:
+    """The exception's message on one line, cut to ``MAX_MESSAGE_CHARS``."""
+    message = " ".join(str(exc).split()) or "(no message)"
+    if len(message) > MAX_MESSAGE_CHARS:
+        cut = len(message) - MAX_MESSAGE_CHARS
+        message = (
+            f"{message[:MAX_MESSAGE_CHARS]}... ({cut} characters cut; "
+            "the executed notebook has the whole message)"
+        )
+    return message
+
+
 def error_line(exc: BaseException) -> str:
     """One line, ``dotted.ErrorName: message``, for the last line of stderr."""
-    message = " ".join(str(exc).split()) or "(no message)"
-    return f"{error_name(exc)}: {message}"
+    return f"{error_name(exc)}: {error_message(exc)}"
+
+
+def with_dotted_name(exc: Exception) -> Exception:
+    """``exc`` re-typed so that its class's ``__name__`` is its dotted name.
+
+    AWS Lambda reports ``type(exc).__name__`` as the errorType, and Cirrus marks a
+    payload INVALID only for ``stactask.exceptions.InvalidInput`` (Cirrus'
+    post-batch step builds its exceptions the same way). ``isinstance`` still holds.
+    """
+    name = error_name(exc)
+    if type(exc).__name__ == name:
+        return exc
+    renamed = type(name, (type(exc),), {"__module__": type(exc).__module__})
+    clone: Exception = Exception.__new__(renamed)
+    clone.__dict__.update(exc.__dict__)
+    clone.args = (error_message(exc),)
+    return clone
 
 
 def exit_code(exc: BaseException) -> int:

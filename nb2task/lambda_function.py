@@ -66,7 +66,10 @@ def _setup() -> type[Any]:
     for name in ("botocore", "s3transfer", "urllib3", "fsspec", "aiobotocore", "traitlets"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
+    from . import engine
     from .task import NotebookTask
+
+    engine.launcher.keep_spare = True  # a warm container has the next kernel ready
 
     notebook = os.environ.get("NB2TASK_NOTEBOOK")
     if not notebook:
@@ -86,10 +89,10 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
         output: dict[str, Any] = task_class.handler(document, upload=True)
         return offload_if_oversized(output)
     except Exception as err:
-        from .errors import error_line
+        from .errors import error_line, with_dotted_name
 
         logger.error(error_line(err))
-        raise
+        raise with_dotted_name(err) from err
     finally:
         _context.payload_id = "-"
 

@@ -105,6 +105,8 @@ class NotebookTask(Task):
 
     def process(self, **_: Any) -> list[dict[str, Any]]:
         """Download assets, run the notebook on the payload, return the items it emitted."""
+        # The input is valid: boot the kernel while the assets download.
+        engine.launcher.prestart(self.notebook.path.parent)
         features = download_assets(
             self.payload.items_as_dicts, self.download_assets, self._workdir / "input-assets"
         )

@@ -89,7 +89,7 @@ def test_stactask_fixture_runs(tmp_path: Path) -> None:
         PAYLOADS
         / "stactask-v0.7.0_sentinel2-l2a-j2k_two-items_process-list_legacy-collections.json"
     )
-    result = run_cli("run", nb, payload, "--task-name", "nothing-task")
+    result = run_cli("run", nb, payload, "--task-name", "nothing-task", "--no-upload")
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     source = json.loads(payload.read_text())
