@@ -61,6 +61,7 @@ def download_assets(
         s3_region_name=os.environ.get("AWS_REGION")
         or os.environ.get("AWS_DEFAULT_REGION", "us-west-2"),
         fail_fast=True,
+        overwrite=True,  # a rerun in the same workdir replaces what an earlier run left
     )
     items = [pystac.Item.from_dict(f, preserve_dict=True) for f in features]
     missing = [
