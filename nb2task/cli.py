@@ -129,6 +129,9 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         "--cell-timeout", type=float, help="seconds a cell may run (default: no limit)"
     )
     run.add_argument(
+        "--timeout", type=float, help="seconds the whole notebook may run (default: no limit)"
+    )
+    run.add_argument(
         "--download-assets",
         metavar="KEYS",
         help="comma-separated asset keys to download before the run, '*' for all "
@@ -200,6 +203,7 @@ def _run(args: argparse.Namespace) -> None:
         task_name=args.task_name,
         overrides=dict(args.parameter),
         cell_timeout=args.cell_timeout,
+        timeout=args.timeout,
         **options,
     )
 

@@ -89,15 +89,23 @@ def execute(
     parameters: dict[str, Any],
     cwd: Path,
     cell_timeout: float | None = None,
+    timeout: float | None = None,
     log_output: bool = True,
 ) -> nbformat.NotebookNode:
     """Run ``node`` with ``parameters`` injected; the executed notebook is saved to
-    ``output_path`` as it runs, and kept there whether the run succeeds or not."""
+    ``output_path`` as it runs, and kept there whether the run succeeds or not.
+
+    ``cell_timeout`` bounds each cell, ``timeout`` the whole run (the kernel is killed).
+    """
     import papermill
     from nbclient.exceptions import CellTimeoutError, DeadKernelError
     from papermill.exceptions import PapermillExecutionError
 
     km = launcher.take(cwd)
+    watchdog = threading.Timer(timeout, _kill, (km,)) if timeout else None
+    if watchdog:
+        watchdog.daemon = True
+        watchdog.start()
     try:
         executed: nbformat.NotebookNode = papermill.execute_notebook(
             node,
@@ -117,8 +125,24 @@ def execute(
             err.ename, err.evalue, err.cell_index, err.exec_count, err.source
         ) from None
     except CellTimeoutError as err:
-        raise Nb2TaskError(f"a notebook cell ran longer than {cell_timeout} s") from err
+        raise RunTimeoutError(f"a notebook cell ran longer than {cell_timeout:g} s") from err
     except DeadKernelError as err:
+        if watchdog and watchdog.finished.is_set():
+            raise RunTimeoutError(f"the notebook ran longer than {timeout:g} s") from None
         raise Nb2TaskError(f"the notebook's kernel died: {err}") from err
     finally:
+        if watchdog:
+            watchdog.cancel()
         shutdown(km)
+
+
+class RunTimeoutError(Nb2TaskError):
+    """The whole notebook run took longer than its timeout."""
+
+
+def _kill(km: Any) -> None:
+    """Kill the kernel process: the running cell ends and nbclient reports a dead kernel."""
+    logger.error("run timeout: killing the notebook's kernel")
+    process = getattr(getattr(km, "provisioner", None), "process", None)
+    if process is not None:
+        process.kill()

@@ -20,6 +20,7 @@ from typing import Any
 # Cirrus' MAX_PAYLOAD_LENGTH: Step Functions' state limit, counted on escaped JSON.
 MAX_PAYLOAD_LENGTH = 120_000
 OVERSIZED_PREFIX = "tmp/oversized"
+TIMEOUT_MARGIN_S = 20
 
 # Lambda's filesystem is read-only but for /tmp; Jupyter and matplotlib write here.
 WRITABLE_DIRS = {
@@ -86,7 +87,9 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
     document = dereference(event)
     _context.payload_id = str(document.get("id", "-"))
     try:
-        output: dict[str, Any] = task_class.handler(document, upload=True)
+        output: dict[str, Any] = task_class.handler(
+            document, upload=True, timeout=_time_left(context)
+        )
         return offload_if_oversized(output)
     except Exception as err:
         from .errors import error_line, with_dotted_name
@@ -95,6 +98,15 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
         raise with_dotted_name(err) from err
     finally:
         _context.payload_id = "-"
+
+
+def _time_left(context: Any) -> float | None:
+    """Seconds the notebook may run: what Lambda grants, less a margin to report and
+    upload the record, so a slow run ends in a clean error, not in Lambda's kill."""
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if remaining is None:
+        return None
+    return max(1.0, float(remaining()) / 1000 - TIMEOUT_MARGIN_S)
 
 
 def offload_if_oversized(output: dict[str, Any]) -> dict[str, Any]:

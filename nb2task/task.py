@@ -64,6 +64,7 @@ class NotebookTask(Task):
         *,
         overrides: dict[str, Any] | None = None,
         cell_timeout: float | None = None,
+        timeout: float | None = None,
         download_assets: Sequence[str] | None = None,
         record_prefix: str | None = None,
         **kwargs: Any,
@@ -91,6 +92,7 @@ class NotebookTask(Task):
             else self.notebook.settings.download_assets
         )
         self.cell_timeout = cell_timeout
+        self.timeout = timeout
         self.record_prefix = record_prefix
         self._record_uploaded = False
 
@@ -128,6 +130,7 @@ class NotebookTask(Task):
                 injected,
                 cwd=self.notebook.path.parent,
                 cell_timeout=self.cell_timeout,
+                timeout=self.timeout,
             )
         except NotebookCellError as err:
             if err.dotted_name == "stactask.exceptions.InvalidInput":

@@ -358,3 +358,59 @@ def test_lambda_errors_keep_their_type(tmp_path: Path) -> None:
     assert out["errorType"] == "stactask.exceptions.InvalidInput"  # what Cirrus marks INVALID
     assert out["errorMessage"].startswith("cloudy (notebook cell In [")
     assert "stactask.exceptions.InvalidInput: cloudy" in logs
+
+
+def test_download_inside_a_running_event_loop(remote_bands: dict[str, Any], tmp_path: Path) -> None:
+    """As in Jupyter or an async runtime: stactask's own sync helpers fail there."""
+    import asyncio
+    import warnings
+
+    from nb2task.assets import download_assets
+
+    async def in_a_loop() -> list[dict[str, Any]]:
+        return download_assets([remote_bands], ["red"], tmp_path / "dl")
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", DeprecationWarning)  # no get_event_loop warning
+        [item] = asyncio.run(in_a_loop())
+    red = Path(item["assets"]["red"]["href"])
+    assert red.is_absolute() and red.read_bytes()[:2] in (b"II", b"MM")
+    assert item["assets"]["nir"]["href"].startswith("s3://")  # not asked for: left remote
+
+
+def test_in_image_cli_takes_the_notebook_from_the_environment(
+    s3: Any, bucket: str, writer: Path
+) -> None:
+    """Batch runs the image as `nb2task-task run URL --output URL_OUT`."""
+    import os
+
+    payload = make_payload(upload_options={"path_template": f"s3://{bucket}/${{id}}"})
+    url_in = put_json(s3, bucket, "in.json", payload)
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "nb2task-task"),
+            "run",
+            url_in,
+            "--output",
+            f"s3://{bucket}/out.json",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, "NB2TASK_NOTEBOOK": str(writer)},
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert get_json(s3, bucket, "out.json")["features"][0]["id"] == "item-1"
+
+    missing = subprocess.run(
+        [str(Path(sys.executable).parent / "nb2task-task"), "run", url_in],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={k: v for k, v in os.environ.items() if k != "NB2TASK_NOTEBOOK"},
+    )
+    assert missing.returncode == 2
+    assert (
+        missing.stderr.splitlines()[-1]
+        == "nb2task.errors.NotebookError: NB2TASK_NOTEBOOK is not set"
+    )

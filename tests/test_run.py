@@ -294,3 +294,23 @@ def test_notebook_metadata_names_the_task(tmp_path: Path, write_json) -> None:
     payload = make_payload(tasks={"meta-name": {"flag": True}}, features=[sample_item()])
     out = run_ok("run", nb, write_json("in.json", payload))
     assert out["features"][0]["properties"]["flag"] is True
+
+
+@pytest.mark.parametrize(
+    ("flag", "message"),
+    [
+        ("--cell-timeout", "nb2task.engine.RunTimeoutError: a notebook cell ran longer than 2 s"),
+        ("--timeout", "nb2task.engine.RunTimeoutError: the notebook ran longer than 2 s"),
+    ],
+)
+def test_timeouts(tmp_path: Path, write_json, flag: str, message: str) -> None:
+    nb = write_notebook(
+        tmp_path / "slow.ipynb", 'payload = "x.json"', "import time\ntime.sleep(60)"
+    )
+    workdir = tmp_path / "work"
+    result = run_cli(
+        "run", nb, write_json("in.json", make_payload()), flag, "2", "--workdir", workdir
+    )
+    assert result.returncode == 1
+    assert result.last_stderr_line == message
+    assert (workdir / "slow.executed.ipynb").exists()
