@@ -281,11 +281,14 @@ def test_missing_asset_to_download_is_invalid_input(remote_bands, tmp_path: Path
 # --- Lambda -----------------------------------------------------------------------
 
 LAMBDA_CALL = """
-import json, sys
+import json, os, sys
 import nb2task
 
 class Context:
     aws_request_id = "req-1234"
+
+    def get_remaining_time_in_millis(self):
+        return int(os.environ.get("TEST_REMAINING_MS", "900000"))
 
 event = json.load(sys.stdin)
 try:
@@ -414,3 +417,13 @@ def test_in_image_cli_takes_the_notebook_from_the_environment(
         missing.stderr.splitlines()[-1]
         == "nb2task.errors.NotebookError: NB2TASK_NOTEBOOK is not set"
     )
+
+
+def test_lambda_stops_the_notebook_before_lambda_would(tmp_path: Path) -> None:
+    nb = write_notebook(tmp_path / "slow.ipynb", 'payload = "x.json"', "import time\ntime.sleep(120)")
+    # 23 s left: nb2task keeps 20 s to report, so the notebook gets 3 s.
+    out, _ = invoke_lambda(nb, make_payload(), TEST_REMAINING_MS="23000")
+    assert out == {
+        "errorType": "nb2task.engine.RunTimeoutError",
+        "errorMessage": "the notebook ran longer than 3 s",
+    }
