@@ -187,6 +187,7 @@ def test_notebook_copied_elsewhere_still_runs(tmp_path: Path) -> None:
         tmp_path / "nbs" / "ndvi.payload.json",
         "--workdir",
         tmp_path / "w",
+        "--no-upload",
     )
     assert result.returncode == 0, result.stderr
     assert (tmp_path / "w" / "S2B_33TUG_20240704_0_L2A-sample_ndvi.tif").exists()

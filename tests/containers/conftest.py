@@ -10,13 +10,19 @@ turns that into a failure. Environment:
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import images
 import pytest
+import yaml
+from nbtest import NB2TASK, REPO, write_notebook
 
 HERE = Path(__file__).resolve().parent
 
@@ -93,3 +99,103 @@ def nb2task_base_image(lambda_base_standin: str) -> str:
         f"built in {time.monotonic() - t0:.1f} s"
     )
     return ref
+
+
+# --- Task images: what `nb2task build` emits, built for real -----------------------------
+
+
+@dataclass(frozen=True)
+class TaskImages:
+    """An ``nb2task build`` context and its two images, built FROM the test base image."""
+
+    name: str
+    context: Path
+    definition: dict[str, Any]  # definition.yaml, parsed
+    lambda_image: str
+    batch_image: str
+
+    @property
+    def container_properties(self) -> dict[str, Any]:
+        """The Batch job definition's containerProperties (a JSON string in the YAML)."""
+        properties: dict[str, Any] = json.loads(self.definition["batch"]["container_properties"])
+        return properties
+
+
+def build_task_images(notebook: Path, out: Path, base_image: str) -> TaskImages:
+    """Run the real ``nb2task build`` on notebook, then build both targets of its Dockerfile
+    (each reused when its context, target and base image are unchanged)."""
+    t0 = time.monotonic()
+    proc = subprocess.run(
+        [NB2TASK, "build", str(notebook), "-o", str(out), "--base-image", base_image],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    definition = yaml.safe_load((out / "definition.yaml").read_text())
+    name = definition["name"]
+    lambda_ref = definition["lambda"]["ecr_image_uri"]
+    batch_ref = json.loads(definition["batch"]["container_properties"])["image"]
+    # The images `nb2task build` announces are the ones its definition deploys.
+    assert f"lambda image: {lambda_ref}" in proc.stdout
+    assert f"batch image:  {batch_ref}" in proc.stdout
+    REPORT[f"{name} context"] = f"nb2task build in {time.monotonic() - t0:.1f} s"
+    base_size = images.image_size(base_image)
+    for target, ref in (("lambda", lambda_ref), ("batch", batch_ref)):
+        t0 = time.monotonic()
+        _, built = images.ensure_context_image(out, target, ref, base_image)
+        size = images.image_size(ref)
+        how = "built" if built else "reused (same inputs)"
+        REPORT[f"{name} {target} image"] = (
+            f"{ref}, {_mb(size)} ({_mb(size - base_size)} over the base), "
+            f"{how} in {time.monotonic() - t0:.1f} s"
+        )
+    return TaskImages(name, out, definition, lambda_ref, batch_ref)
+
+
+@pytest.fixture(scope="session")
+def ndvi_task(nb2task_base_image: str, tmp_path_factory: pytest.TempPathFactory) -> TaskImages:
+    """The NDVI example (rasterio, numpy) as Lambda and Batch images."""
+    out = tmp_path_factory.mktemp("ndvi-build") / "ctx"
+    return build_task_images(REPO / "notebooks" / "ndvi.ipynb", out, nb2task_base_image)
+
+
+# A task whose outcome is a parameter: one small image covers success, Cirrus' INVALID
+# (stactask.exceptions.InvalidInput raised in the notebook) and FAILED (any other error).
+FAILING_PARAMETERS = """\
+payload = "payload.json"  # nb2task injects the real one
+mode: str = "ok"  # ok, invalid (raise InvalidInput) or divide (ZeroDivisionError)
+pad: int = 0  # characters of padding per output item (oversized outputs)"""
+
+FAILING_CELLS = (
+    "import nb2task\n"
+    "from stactask.exceptions import InvalidInput\n\n"
+    "items = nb2task.read_items(payload)",
+    'if mode == "invalid":\n    raise InvalidInput(f"no usable band in {items[0].id}")',
+    'ratio = 1 / 0 if mode == "divide" else 1.0',
+    "for item in items:\n"
+    '    item.properties["mode"] = mode\n'
+    '    item.properties["padding"] = "x" * pad\n'
+    "nb2task.emit(items)",
+)
+
+
+@pytest.fixture(scope="session")
+def failing_task(nb2task_base_image: str, tmp_path_factory: pytest.TempPathFactory) -> TaskImages:
+    """A small notebook that succeeds or fails as its ``mode`` parameter says."""
+    src = tmp_path_factory.mktemp("failing-src")
+    notebook = write_notebook(
+        src / "failing.ipynb",
+        FAILING_PARAMETERS,
+        *FAILING_CELLS,
+        metadata={"name": "failing", "version": "0.1.0", "description": "fails on request"},
+    )
+    # nbformat gives new cells random ids, which `nb2task build` keeps: fixed ones keep the
+    # context, and so the cached images, the same from run to run.
+    document = json.loads(notebook.read_text())
+    for index, cell in enumerate(document["cells"]):
+        cell["id"] = f"cell-{index}"
+    notebook.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
+    out = tmp_path_factory.mktemp("failing-build") / "ctx"
+    return build_task_images(notebook, out, nb2task_base_image)

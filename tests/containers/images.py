@@ -415,6 +415,68 @@ def build_base_image(base_image: str, tag: str = "localhost/nb2task-base:test") 
     return build_image(REPO_ROOT, REPO_ROOT / "Dockerfile.base", tag, {"BASE_IMAGE": base_image})
 
 
+def image_id(ref: str) -> str | None:
+    """The id (sha256:...) of a local image, or None when it is missing."""
+    proc = docker("image", "inspect", "--format", "{{.Id}}", ref, check=False, timeout=60)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def tree_digest(root: Path) -> str:
+    """sha256 of a directory's files: their relative paths, modes and contents (not mtimes)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.is_file()):
+        rel = path.relative_to(root).as_posix()
+        h.update(f"{rel}\0{path.stat().st_mode & 0o777:o}\0".encode())
+        h.update(_sha256(path).encode())
+    return h.hexdigest()
+
+
+def ensure_context_image(
+    context: Path, target: str, tag: str, base_image: str
+) -> tuple[str, bool]:
+    """Build one target of an ``nb2task build`` context FROM base_image, unless an image with
+    the same inputs (context files, target, base image id) is already tagged; return (tag,
+    whether it was built). The context's Dockerfile is used as written: only BASE_IMAGE, which
+    it declares, is passed."""
+    base_id = image_id(base_image)
+    if base_id is None:
+        raise ContainerError(f"base image {base_image} is missing")
+    digest = _sha256(tree_digest(context).encode(), target.encode(), base_id.encode())
+    if image_label(tag) == digest:
+        return tag, False
+    build_image(
+        context,
+        Path(context) / "Dockerfile",
+        tag,
+        {"BASE_IMAGE": base_image},
+        target,
+        labels={LABEL: digest},
+    )
+    return tag, True
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (containers here share the host's network)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def listening(port: int) -> list[str]:
+    """Local addresses (hex, as in /proc/net/tcp*) listening on port in our network namespace."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for line in Path(table).read_text().splitlines()[1:]:
+            fields = line.split()
+            addr, hexport = fields[1].rsplit(":", 1)
+            if int(hexport, 16) == port and fields[3] == "0A":
+                found.append(addr)
+    return found
+
+
 if __name__ == "__main__":  # Manual use: python tests/containers/images.py [ROOT]
     root = Path(sys.argv[1]) if len(sys.argv) > 1 else default_cache_dir() / "dockerd"
     t0 = time.monotonic()
