@@ -1,8 +1,9 @@
 """The ``nb2task`` command line: parses arguments, calls the API, prints.
 
 Exit codes: 0 success, 1 the task failed, 2 bad usage or unusable notebook,
-3 invalid input (payload or parameters). On failure the last line on stderr is
-``dotted.ErrorName: message``, which Cirrus' post-batch step parses.
+3 invalid input (payload or parameters), 143 stopped by SIGTERM. On failure the
+last line on stderr is ``dotted.ErrorName: message``, which Cirrus' post-batch
+step parses.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import gc
 import json
 import logging
 import os
+import signal
 import sys
 import warnings
 from pathlib import Path
@@ -161,7 +163,16 @@ def task_main(argv: list[str] | None = None) -> int:
     return _dispatch(args)
 
 
+def _on_sigterm(signum: int, frame: Any) -> None:
+    from .errors import Terminated
+
+    raise Terminated("stopped by SIGTERM (job timeout or cancellation)")
+
+
 def _dispatch(args: argparse.Namespace) -> int:
+    # Batch sends SIGTERM before it kills: unwind, so the record is kept and the last
+    # line still says what happened.
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.command == "run":
             _configure_logging(args.logging)

@@ -26,6 +26,7 @@ EXIT_OK = 0
 EXIT_FAILED = 1  # the task ran and failed (notebook raised, bad emitted items, I/O)
 EXIT_USAGE = 2  # the command line or the notebook file itself is wrong
 EXIT_INVALID_INPUT = 3  # the payload or its parameters are invalid
+EXIT_TERMINATED = 143  # stopped by SIGTERM (the shell's 128 + 15)
 
 # Exceptions a notebook may raise whose meaning Cirrus knows: the kernel reports
 # only the class name, so we restore the dotted name here.
@@ -41,6 +42,10 @@ class Nb2TaskError(Exception):
 
 class NotebookError(Nb2TaskError):
     """The notebook file cannot be used as a task (unreadable, bad parameters cell)."""
+
+
+class Terminated(Nb2TaskError):
+    """The process was asked to stop (SIGTERM: a Batch job timeout or cancellation)."""
 
 
 class InvalidItemError(Nb2TaskError):
@@ -124,4 +129,6 @@ def exit_code(exc: BaseException) -> int:
         return EXIT_INVALID_INPUT
     if isinstance(exc, NotebookError):
         return EXIT_USAGE
+    if isinstance(exc, Terminated):
+        return EXIT_TERMINATED
     return EXIT_FAILED

@@ -314,3 +314,37 @@ def test_timeouts(tmp_path: Path, write_json, flag: str, message: str) -> None:
     assert result.returncode == 1
     assert result.last_stderr_line == message
     assert (workdir / "slow.executed.ipynb").exists()
+
+
+def test_sigterm_keeps_the_record_and_says_so(tmp_path: Path, write_json) -> None:
+    import signal
+    import subprocess
+    import time
+
+    from nbtest import NB2TASK
+
+    nb = write_notebook(
+        tmp_path / "long.ipynb",
+        'payload = "x.json"',
+        "import time\nprint('started', flush=True)\ntime.sleep(120)",
+    )
+    workdir = tmp_path / "work"
+    proc = subprocess.Popen(
+        [NB2TASK, "run", nb, write_json("in.json", make_payload()), "--workdir", workdir],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if (workdir / "long.executed.ipynb").exists() and "started" in (
+            workdir / "long.executed.ipynb"
+        ).read_text():
+            break
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert stderr.strip().splitlines()[-1] == (
+        "nb2task.errors.Terminated: stopped by SIGTERM (job timeout or cancellation)"
+    )
+    assert (workdir / "long.executed.ipynb").exists()
