@@ -420,7 +420,9 @@ def test_in_image_cli_takes_the_notebook_from_the_environment(
 
 
 def test_lambda_stops_the_notebook_before_lambda_would(tmp_path: Path) -> None:
-    nb = write_notebook(tmp_path / "slow.ipynb", 'payload = "x.json"', "import time\ntime.sleep(120)")
+    nb = write_notebook(
+        tmp_path / "slow.ipynb", 'payload = "x.json"', "import time\ntime.sleep(120)"
+    )
     # 23 s left: nb2task keeps 20 s to report, so the notebook gets 3 s.
     out, _ = invoke_lambda(nb, make_payload(), TEST_REMAINING_MS="23000")
     assert out == {

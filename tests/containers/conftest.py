@@ -15,19 +15,18 @@ import os
 import subprocess
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import images
 import pytest
 import yaml
+from images import TaskImages
 from nbtest import NB2TASK, REPO, write_notebook
 
 HERE = Path(__file__).resolve().parent
 
 # Timings and sizes collected during the session, printed in the terminal summary.
-REPORT: dict[str, str] = {}
+REPORT = images.REPORT
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -102,23 +101,6 @@ def nb2task_base_image(lambda_base_standin: str) -> str:
 
 
 # --- Task images: what `nb2task build` emits, built for real -----------------------------
-
-
-@dataclass(frozen=True)
-class TaskImages:
-    """An ``nb2task build`` context and its two images, built FROM the test base image."""
-
-    name: str
-    context: Path
-    definition: dict[str, Any]  # definition.yaml, parsed
-    lambda_image: str
-    batch_image: str
-
-    @property
-    def container_properties(self) -> dict[str, Any]:
-        """The Batch job definition's containerProperties (a JSON string in the YAML)."""
-        properties: dict[str, Any] = json.loads(self.definition["batch"]["container_properties"])
-        return properties
 
 
 def build_task_images(notebook: Path, out: Path, base_image: str) -> TaskImages:

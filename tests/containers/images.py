@@ -14,6 +14,7 @@ import contextlib
 import fcntl
 import functools
 import hashlib
+import json
 import os
 import shutil
 import ssl
@@ -23,7 +24,9 @@ import tempfile
 import time
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 REPO_ROOT = HERE.parent.parent
@@ -47,6 +50,26 @@ BUILD_TIMEOUT = 1800
 RUN_TIMEOUT = 300
 
 _docker_host: str | None = None
+
+# Timings and sizes collected during the session, printed in pytest's terminal summary.
+REPORT: dict[str, str] = {}
+
+
+@dataclass(frozen=True)
+class TaskImages:
+    """An ``nb2task build`` context and its two images, built FROM the test base image."""
+
+    name: str
+    context: Path
+    definition: dict[str, Any]  # definition.yaml, parsed
+    lambda_image: str
+    batch_image: str
+
+    @property
+    def container_properties(self) -> dict[str, Any]:
+        """The Batch job definition's containerProperties (a JSON string in the YAML)."""
+        properties: dict[str, Any] = json.loads(self.definition["batch"]["container_properties"])
+        return properties
 
 
 class ContainerError(RuntimeError):
@@ -432,9 +455,7 @@ def tree_digest(root: Path) -> str:
     return h.hexdigest()
 
 
-def ensure_context_image(
-    context: Path, target: str, tag: str, base_image: str
-) -> tuple[str, bool]:
+def ensure_context_image(context: Path, target: str, tag: str, base_image: str) -> tuple[str, bool]:
     """Build one target of an ``nb2task build`` context FROM base_image, unless an image with
     the same inputs (context files, target, base image id) is already tagged; return (tag,
     whether it was built). The context's Dockerfile is used as written: only BASE_IMAGE, which
