@@ -29,7 +29,6 @@ QUIET_LOGGERS = (
     "fsspec",
     "asyncio",
     "aiobotocore",
-    "traitlets",
 )
 
 
@@ -272,6 +271,9 @@ def _configure_logging(level: str) -> None:
     )
     for name in QUIET_LOGGERS:
         logging.getLogger(name).setLevel(logging.WARNING)
+    # jupyter_client's "could not destroy zmq context" when a kernel client is collected
+    # after its event loop closed: harmless, and it would trail the run's last line.
+    logging.getLogger("traitlets").setLevel(logging.ERROR)
 
 
 def _report(err: Exception) -> int:

@@ -66,7 +66,9 @@ class KernelLauncher:
 def _start_kernel(cwd: Path) -> Any:
     from jupyter_client.manager import AsyncKernelManager
 
-    km = AsyncKernelManager(kernel_name=KERNEL_NAME)
+    # IPC (unix sockets) rather than TCP: nothing listens on the network, and ipykernel
+    # does not warn about unencrypted TCP on every run.
+    km = AsyncKernelManager(kernel_name=KERNEL_NAME, transport="ipc")
     asyncio.run(km.start_kernel(cwd=str(cwd)))  # type: ignore[arg-type]
     return km
 

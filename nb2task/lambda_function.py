@@ -64,8 +64,9 @@ def _setup() -> type[Any]:
     for handler in root.handlers:
         handler.addFilter(_context)
         handler.setFormatter(formatter)
-    for name in ("botocore", "s3transfer", "urllib3", "fsspec", "aiobotocore", "traitlets"):
+    for name in ("botocore", "s3transfer", "urllib3", "fsspec", "aiobotocore"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    logging.getLogger("traitlets").setLevel(logging.ERROR)  # see cli._configure_logging
 
     from . import engine
     from .task import NotebookTask
