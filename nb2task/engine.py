@@ -12,6 +12,9 @@ import asyncio
 import atexit
 import concurrent.futures
 import logging
+import os
+import shutil
+import tempfile
 import threading
 from pathlib import Path
 from typing import Any
@@ -68,7 +71,11 @@ def _start_kernel(cwd: Path) -> Any:
 
     # IPC (unix sockets) rather than TCP: nothing listens on the network, and ipykernel
     # does not warn about unencrypted TCP on every run.
-    km = AsyncKernelManager(kernel_name=KERNEL_NAME, transport="ipc")
+    # The socket path must be absolute: the kernel's cwd is not ours.
+    sockets = tempfile.mkdtemp(prefix="nb2task-kernel-")
+    km = AsyncKernelManager(
+        kernel_name=KERNEL_NAME, transport="ipc", ip=os.path.join(sockets, "kernel")
+    )
     asyncio.run(km.start_kernel(cwd=str(cwd)))  # type: ignore[arg-type]
     return km
 
@@ -79,6 +86,7 @@ def shutdown(km: Any) -> None:
         asyncio.run(km.shutdown_kernel(now=True))
     except Exception as err:  # noqa: BLE001 - a kernel that will not die is killed by the OS
         logger.warning("kernel shutdown: %s", err)
+    shutil.rmtree(os.path.dirname(km.ip), ignore_errors=True)
 
 
 launcher = KernelLauncher()
