@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import copy
 import logging
 import os
 from collections.abc import Coroutine, Sequence
@@ -86,9 +87,13 @@ def download_assets(
     except Exception as err:  # stac-asset raises a variety of types
         raise AssetError(f"asset download failed: {err}") from err
     result = []
-    for item in downloaded:
+    for feature, item in zip(features, downloaded, strict=True):
         item.make_asset_hrefs_absolute()
-        result.append(item.to_dict(transform_hrefs=False))
+        local = item.to_dict(transform_hrefs=False)
+        # stac-asset points the self link at the item.json it wrote in the workdir: the
+        # notebook sees the item's own links (no local path leaks into derived_from).
+        local["links"] = copy.deepcopy(feature.get("links", []))
+        result.append(local)
     logger.info("downloaded assets %s of %d item(s) into %s", list(keys), len(result), directory)
     return result
 

@@ -85,9 +85,10 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
     from .payload import dereference
 
     _context.request_id = getattr(context, "aws_request_id", "-")
-    document = dereference(event)
-    _context.payload_id = str(document.get("id", "-"))
     try:
+        # Inside the try: an unreadable {"url"} is InvalidInput, reported by dotted name.
+        document = dereference(event)
+        _context.payload_id = str(document.get("id", "-"))
         output: dict[str, Any] = task_class.handler(
             document, upload=True, timeout=_time_left(context)
         )
