@@ -34,6 +34,7 @@ class KernelLauncher:
     def __init__(self) -> None:
         self._pool = concurrent.futures.ThreadPoolExecutor(2, thread_name_prefix="nb2task-kernel")
         self._pending: dict[Path, concurrent.futures.Future[Any]] = {}
+        self._retiring: list[concurrent.futures.Future[Any]] = []
         self._lock = threading.Lock()
         self.keep_spare = False
 
@@ -55,15 +56,22 @@ class KernelLauncher:
                 self.prestart(cwd)
         return km
 
+    def retire(self, km: Any) -> None:
+        """Shut a used kernel down in the background: the result need not wait for it."""
+        with self._lock:
+            self._retiring.append(self._pool.submit(shutdown, km))
+
     def discard(self) -> None:
-        """Shut down kernels started but not taken (at exit)."""
+        """Shut down kernels started but not taken, and wait for retiring ones (at exit)."""
         with self._lock:
             pending, self._pending = list(self._pending.values()), {}
+            retiring, self._retiring = self._retiring, []
         for future in pending:
             try:
                 shutdown(future.result(timeout=60))
             except Exception as err:  # noqa: BLE001 - exiting anyway
                 logger.debug("spare kernel: %s", err)
+        concurrent.futures.wait(retiring, timeout=60)
 
 
 def _start_kernel(cwd: Path) -> Any:
@@ -76,8 +84,29 @@ def _start_kernel(cwd: Path) -> Any:
     km = AsyncKernelManager(
         kernel_name=KERNEL_NAME, transport="ipc", ip=os.path.join(sockets, "kernel")
     )
-    asyncio.run(km.start_kernel(cwd=str(cwd)))  # type: ignore[arg-type]
+    asyncio.run(_boot(km, cwd))
     return km
+
+
+# Run silently in a new kernel before it is handed out: no execution count, no output,
+# no name bound in the notebook's namespace; the notebook's own imports then find
+# these modules loaded. (Failures are ignored: the notebook will report its own.)
+PREIMPORT = "[__import__('importlib').import_module(m) for m in ('nb2task.runtime', 'pystac')]"
+
+
+async def _boot(km: Any, cwd: Path) -> None:
+    await km.start_kernel(cwd=str(cwd))
+    client = km.client()
+    client.start_channels()
+    try:
+        await client.wait_for_ready(timeout=60)
+        msg_id = client.execute(PREIMPORT, silent=True, store_history=False)
+        while True:
+            reply = await client.get_shell_msg(timeout=60)
+            if reply["parent_header"].get("msg_id") == msg_id:
+                break
+    finally:
+        client.stop_channels()
 
 
 def shutdown(km: Any) -> None:
@@ -143,7 +172,7 @@ def execute(
     finally:
         if watchdog:
             watchdog.cancel()
-        shutdown(km)
+        launcher.retire(km)
 
 
 class RunTimeoutError(Nb2TaskError):
