@@ -22,6 +22,7 @@ REPO = Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "notebooks" / "minimal.ipynb"
 PAYLOAD = REPO / "notebooks" / "minimal.payload.json"
 BIN = Path(sys.executable).parent
+SPACING_S = 3.0
 
 
 def timed(command: list[str]) -> float:
@@ -69,18 +70,29 @@ def warm(repeat: int) -> dict[str, float]:
     task_class = NotebookTask.for_notebook(NOTEBOOK)
     engine.launcher.keep_spare = True  # as in a warm Lambda container
 
-    def per_payload(run) -> float:
+    def per_payload(run, pause: float) -> float:
         run()  # first call pays imports and caches
         times = []
         for _ in range(repeat):
+            time.sleep(pause)
             start = time.perf_counter()
             run()
             times.append(time.perf_counter() - start)
         return statistics.median(times)
 
-    a = per_payload(lambda: MinimalTask.handler(json.loads(json.dumps(payload)), upload=False))
-    b = per_payload(lambda: task_class.handler(json.loads(json.dumps(payload)), upload=False))
-    return {"anchor_s": a, "nb2task_s": b}
+    def anchor() -> object:
+        return MinimalTask.handler(json.loads(json.dumps(payload)), upload=False)
+
+    def ours() -> object:
+        return task_class.handler(json.loads(json.dumps(payload)), upload=False)
+
+    return {
+        "anchor_s": per_payload(anchor, 0),
+        # Back to back, each payload also waits for the next kernel to boot; spaced out
+        # (as Lambda invocations usually are), the spare kernel is ready when it arrives.
+        "nb2task_s": per_payload(ours, 0),
+        "nb2task_spaced_s": per_payload(ours, SPACING_S),
+    }
 
 
 def main() -> None:
@@ -99,8 +111,9 @@ def main() -> None:
     )
     print(
         f"warm: anchor {1000 * w['anchor_s']:.1f} ms, nb2task {1000 * w['nb2task_s']:.1f} ms, "
-        f"+{results['warm']['extra_ms']:.0f} ms per payload (target <= +50 ms)"
+        f"+{results['warm']['extra_ms']:.0f} ms per payload back to back (target <= +50 ms)"
     )
+    print(f"warm, payloads {SPACING_S:g} s apart: nb2task {1000 * w['nb2task_spaced_s']:.1f} ms")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 
