@@ -259,3 +259,32 @@ def _copy_include(source: Path, target_dir: Path) -> None:
         shutil.copytree(source, target_dir / source.name)
     else:
         shutil.copy2(source, target_dir / source.name)
+
+
+def build_images(
+    context: BuildContext,
+    docker: str = "docker",
+    network: str | None = None,
+    push: bool = False,
+) -> None:
+    """Build (and optionally push) the context's Lambda and Batch images with ``docker``,
+    its output streaming to stderr as progress."""
+    import subprocess
+    import sys
+
+    steps = [
+        ["build", "--target", target, "-t", image]
+        + (["--network", network] if network else [])
+        + [str(context.path)]
+        for target, image in (("lambda", context.lambda_image), ("batch", context.batch_image))
+    ]
+    if push:
+        steps += [["push", context.lambda_image], ["push", context.batch_image]]
+    for step in steps:
+        logger.info("%s %s", docker, " ".join(step))
+        try:
+            proc = subprocess.run([docker, *step], stdout=sys.stderr, stderr=sys.stderr)
+        except FileNotFoundError:
+            raise BuildError(f"cannot run {docker!r}: install Docker or pass --docker") from None
+        if proc.returncode != 0:
+            raise BuildError(f"'{docker} {' '.join(step)}' failed (exit {proc.returncode})")

@@ -69,6 +69,14 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--batch-vcpu", type=float)
     build.add_argument("--batch-memory", type=int, metavar="MB")
     build.add_argument("--batch-timeout", type=int, metavar="SECONDS")
+    build.add_argument("--build", action="store_true", help="also build both images (Docker)")
+    build.add_argument("--push", action="store_true", help="build, then push both images")
+    build.add_argument(
+        "--docker",
+        default=os.environ.get("NB2TASK_DOCKER", "docker"),
+        help="the docker client to run (default: $NB2TASK_DOCKER or docker)",
+    )
+    build.add_argument("--network", help="docker build --network (e.g. host)")
     return parser
 
 
@@ -219,7 +227,7 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _build(args: argparse.Namespace) -> None:
-    from .build import DEFAULT_BASE_IMAGE, BuildOptions, build_context
+    from .build import DEFAULT_BASE_IMAGE, BuildOptions, build_context, build_images
 
     options = BuildOptions(
         output_dir=args.output_dir,
@@ -244,6 +252,9 @@ def _build(args: argparse.Namespace) -> None:
     print(f"build context for {context.name}: {context.path}")
     print(f"  lambda image: {context.lambda_image}  (docker build --target lambda)")
     print(f"  batch image:  {context.batch_image}  (docker build --target batch)")
+    if args.build or args.push:
+        build_images(context, docker=args.docker, network=args.network, push=args.push)
+        print(f"built {context.lambda_image} and {context.batch_image}")
 
 
 def _inspect(args: argparse.Namespace) -> None:

@@ -5,6 +5,7 @@ not root). Also the stand-in's own Lambda contract, which the Lambda image tests
 from __future__ import annotations
 
 import json
+import os
 import socket
 import time
 import urllib.request
@@ -227,3 +228,47 @@ def test_standin_runs_a_handler_through_the_emulator(
             assert check(result), result
         finally:
             images.docker("rm", "-f", name, check=False)
+
+
+def test_nb2task_build_builds_both_images(nb2task_base_image: str, tmp_path: Path) -> None:
+    """`nb2task build --build`: notebook in, both images out, in one command."""
+    import subprocess
+    import sys
+
+    from nbtest import REPO
+
+    tag = f"t{int(time.time())}"
+    proc = subprocess.run(
+        [
+            str(Path(sys.executable).parent / "nb2task"),
+            "build",
+            str(REPO / "notebooks/minimal.ipynb"),
+            "-o",
+            str(tmp_path / "ctx"),
+            "--base-image",
+            nb2task_base_image,
+            "--image",
+            "nb2task-test/minimal",
+            "--tag",
+            tag,
+            "--build",
+            "--docker",
+            images.docker_client(),
+            "--network",
+            "host",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, **images.docker_env()},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert (
+        f"built nb2task-test/minimal:{tag}-lambda and nb2task-test/minimal:{tag}-batch"
+        in proc.stdout
+    )
+    for target in ("lambda", "batch"):
+        ref = f"nb2task-test/minimal:{tag}-{target}"
+        env = images.docker("image", "inspect", "--format", "{{json .Config.Env}}", ref).stdout
+        assert "NB2TASK_NOTEBOOK=/opt/nb2task/task/minimal.ipynb" in env
+        images.docker("image", "rm", ref)
