@@ -348,3 +348,22 @@ def test_sigterm_keeps_the_record_and_says_so(tmp_path: Path, write_json) -> Non
         "nb2task.errors.Terminated: stopped by SIGTERM (job timeout or cancellation)"
     )
     assert (workdir / "long.executed.ipynb").exists()
+
+
+def test_jupytext_py_notebook(tmp_path: Path, write_json) -> None:
+    nb = tmp_path / "as_script.py"
+    nb.write_text(
+        '# %% tags=["parameters"]\n'
+        'payload = "x.json"  # the input payload\n'
+        'note: str = "default"  # a note\n\n'
+        "# %%\n"
+        "import nb2task\n"
+        "items = nb2task.read_items(payload)\n"
+        'items[0].properties["note"] = note\n'
+        "nb2task.emit(items)\n"
+    )
+    payload = make_payload(tasks={"as_script": {"note": "from a .py notebook"}})
+    out = run_ok("run", nb, write_json("in.json", payload))
+    assert out["features"][0]["properties"]["note"] == "from a .py notebook"
+    inspected = run_cli("inspect", nb, "--json")
+    assert json.loads(inspected.stdout)["properties"]["note"]["description"] == "a note"
