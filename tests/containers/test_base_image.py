@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import time
 import urllib.request
 import uuid
@@ -154,24 +153,6 @@ def test_notebook_runs_with_papermill_read_only(nb2task_base_image: str, tmp_pat
     print(f"papermill in a read-only container: {elapsed:.1f} s")
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _listening(port: int) -> list[str]:
-    """Local addresses (hex, as in /proc/net/tcp*) listening on port in our network namespace."""
-    found = []
-    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
-        for line in Path(table).read_text().splitlines()[1:]:
-            fields = line.split()
-            addr, hexport = fields[1].rsplit(":", 1)
-            if int(hexport, 16) == port and fields[3] == "0A":
-                found.append(addr)
-    return found
-
-
 def test_standin_runs_a_handler_through_the_emulator(
     lambda_base_standin: str, tmp_path: Path
 ) -> None:
@@ -189,7 +170,7 @@ def test_standin_runs_a_handler_through_the_emulator(
         ("app.handler", lambda r: r == {"echo": {"a": 1}}),
         ("app.boom", lambda r: r["errorType"] == "ValueError"),
     ):
-        port, api_port = _free_port(), _free_port()
+        port, api_port = images.free_port(), images.free_port()
         name = f"nb2task-rie-{uuid.uuid4().hex[:8]}"
         images.docker(
             "run",
@@ -211,12 +192,12 @@ def test_standin_runs_a_handler_through_the_emulator(
         )
         try:
             deadline = time.monotonic() + 20
-            while not _listening(port):
+            while not images.listening(port):
                 assert time.monotonic() < deadline, images.docker("logs", name).stderr
                 time.sleep(0.1)
             # The emulator listens on the loopback address only, never on all interfaces.
-            assert _listening(port) == ["0100007F"]
-            assert _listening(api_port) == ["0100007F"]
+            assert images.listening(port) == ["0100007F"]
+            assert images.listening(api_port) == ["0100007F"]
             request = urllib.request.Request(
                 f"http://127.0.0.1:{port}/2015-03-31/functions/function/invocations",
                 data=b'{"a": 1}',
