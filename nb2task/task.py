@@ -142,7 +142,6 @@ class NotebookTask(Task):
 
     def run(self) -> dict[str, Any]:
         """Process the payload and return the output payload; keep the record either way."""
-        features: list[dict[str, Any]] = []
         try:
             features = [self._post_process_item(item) for item in self.process()]
             self.payload["features"] = features
@@ -152,6 +151,8 @@ class NotebookTask(Task):
             if self._upload:
                 features = upload_local_assets(self.payload, self.payload["features"])
                 self._publish_record(features, features[0] if features else None)
+            elif self._save_workdir:
+                render_html(self.executed_notebook_path)  # the local record, readable
             return {**self.payload, "features": features}
         except BaseException:
             self._keep_record_of_failure()

@@ -40,6 +40,7 @@ def test_ndvi_example_writes_a_derived_cog(tmp_path: Path) -> None:
     kept = ndvi[np.isfinite(ndvi)]
     assert kept.size and kept.min() >= 0.3 and kept.max() <= 1.0
     assert (out_dir / "ndvi.executed.ipynb").exists()
+    assert "<html" in (out_dir / "ndvi.executed.html").read_text()
 
 
 def test_minimal_example(tmp_path: Path) -> None:
