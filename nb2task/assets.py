@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from boto3utils import s3 as BotoS3
+from stactask.exceptions import InvalidInput
 from stactask.payload import Payload
 
 from .errors import Nb2TaskError
@@ -72,8 +73,6 @@ def download_assets(
         if key != ALL_ASSETS and key not in item.assets
     ]
     if missing:
-        from stactask.exceptions import InvalidInput
-
         raise InvalidInput(f"assets to download are missing: {', '.join(missing)}")
     try:
         downloaded = run_coroutine(
@@ -131,15 +130,17 @@ def upload_local_assets(payload: Payload, features: list[dict[str, Any]]) -> lis
                 continue
             options = payload.get_collection_upload_options(feature.get("collection"))
             if "path_template" not in options:
-                raise AssetError(
-                    f"item {feature['id']} has local assets but upload_options has no path_template"
+                # The payload gives the task's outputs nowhere to go: bad input, not a bug.
+                raise InvalidInput(
+                    f"item {feature['id']} has local assets to upload but the payload's "
+                    "upload_options has no path_template (or run with --no-upload)"
                 )
             item = pystac.Item.from_dict(feature, preserve_dict=True)
             new = upload_item_assets_to_s3(item, assets=keys, s3_client=client, **options)
             uploaded.append(new.to_dict(transform_hrefs=False))
     except Exception as err:
         client.delete_uploaded()
-        if isinstance(err, AssetError):
+        if isinstance(err, AssetError | InvalidInput):
             raise
         raise AssetError(f"asset upload failed: {err}") from err
     return uploaded

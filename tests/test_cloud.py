@@ -429,3 +429,12 @@ def test_lambda_stops_the_notebook_before_lambda_would(tmp_path: Path) -> None:
         "errorType": "nb2task.engine.RunTimeoutError",
         "errorMessage": "the notebook ran longer than 3 s",
     }
+
+
+def test_local_assets_without_a_path_template_are_invalid_input(writer: Path, write_json) -> None:
+    result = run_cli("run", writer, write_json("in.json", make_payload(upload_options={})))
+    assert result.returncode == 3
+    assert result.last_stderr_line == (
+        "stactask.exceptions.InvalidInput: item item-1 has local assets to upload but the "
+        "payload's upload_options has no path_template (or run with --no-upload)"
+    )
