@@ -43,6 +43,15 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run a notebook as a task on one payload")
     run.add_argument("notebook", type=Path, help="the notebook (.ipynb)")
     add_run_arguments(run)
+    run.add_argument(
+        "--payloads", nargs="+", metavar="INPUT",
+        help="run on many payloads instead of one; each gets <output dir>/<payload stem>/",
+    )  # fmt: skip
+    run.add_argument("--jobs", type=int, default=1, help="with --payloads: runs at a time")
+    run.add_argument(
+        "--output-dir", type=Path, default=Path(LOCAL_WORKDIR),
+        help=f"with --payloads: where each payload's folder goes (default: {LOCAL_WORKDIR}/)",
+    )  # fmt: skip
 
     inspect = commands.add_parser("inspect", help="show a notebook's parameters")
     inspect.add_argument("notebook", type=Path)
@@ -200,6 +209,9 @@ def _dispatch(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> None:
     from .task import run_notebook
 
+    if getattr(args, "payloads", None):
+        _run_many(args)
+        return
     options: dict[str, Any] = {
         "workdir": args.workdir,
         "save_workdir": args.save_workdir,
@@ -224,6 +236,32 @@ def _run(args: argparse.Namespace) -> None:
         timeout=args.timeout,
         **options,
     )
+
+
+def _run_many(args: argparse.Namespace) -> None:
+    from .errors import NotebookError
+    from .many import run_many
+
+    if args.input is not None or args.output is not None or args.workdir is not None:
+        raise NotebookError("--payloads replaces INPUT, --output and --workdir: use --output-dir")
+    run_args = [
+        "--logging", args.logging,
+        "--upload" if args.upload and not args.local else "--no-upload",
+        "--validate" if args.validate else "--no-validate",
+    ]  # fmt: skip
+    if args.task_name:
+        run_args += ["--task-name", args.task_name]
+    for name, value in args.parameter:
+        run_args += ["-p", name, value]
+    for flag, value in (
+        ("--download-assets", args.download_assets),
+        ("--cell-timeout", args.cell_timeout),
+        ("--timeout", args.timeout),
+    ):
+        if value is not None:
+            run_args += [flag, str(value)]
+    runs = run_many(args.notebook.resolve(), args.payloads, args.output_dir, args.jobs, run_args)
+    print(f"{len(runs)} payloads done: outputs in {args.output_dir}/<payload>/", file=sys.stderr)
 
 
 def _build(args: argparse.Namespace) -> None:

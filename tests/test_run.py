@@ -367,3 +367,28 @@ def test_jupytext_py_notebook(tmp_path: Path, write_json) -> None:
     assert out["features"][0]["properties"]["note"] == "from a .py notebook"
     inspected = run_cli("inspect", nb, "--json")
     assert json.loads(inspected.stdout)["properties"]["note"]["description"] == "a note"
+
+
+def test_many_payloads_in_parallel(params_notebook: Path, tmp_path: Path) -> None:
+    inputs = []
+    for name, a in (("first", "1"), ("second", "2"), ("broken", None)):
+        payload = make_payload(tasks={"params": {"a": a} if a else {"n": "not an int"}})
+        path = tmp_path / "in" / f"{name}.json"
+        path.parent.mkdir(exist_ok=True)
+        path.write_text(json.dumps(payload))
+        inputs.append(path)
+    out = tmp_path / "runs"
+    result = run_cli(
+        "run", params_notebook, "--payloads", *inputs, "--jobs", "2", "--output-dir", out, "--local"
+    )
+    assert result.returncode == 1
+    assert result.last_stderr_line.startswith(
+        "nb2task.errors.Nb2TaskError: 1 of 3 payloads failed: "
+        f"{inputs[2]} (stactask.exceptions.InvalidInput)"
+    )
+    for name, a in (("first", "1"), ("second", "2")):
+        output = json.loads((out / name / "output-payload.json").read_text())
+        assert output["features"][0]["properties"]["a"] == a
+        assert (out / name / "params.executed.ipynb").exists()
+    assert not (out / "broken" / "output-payload.json").exists()
+    assert "must be integer" in (out / "broken" / "run.log").read_text()
