@@ -22,16 +22,12 @@ from boto3utils import s3 as BotoS3
 from stactask.exceptions import InvalidInput
 from stactask.payload import Payload
 
-from .errors import Nb2TaskError
+from .errors import AssetError
 
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ALL_ASSETS = "*"
-
-
-class AssetError(Nb2TaskError):
-    """An asset could not be downloaded or uploaded."""
 
 
 def run_coroutine(coroutine: Coroutine[Any, Any, T]) -> T:
@@ -107,13 +103,15 @@ def local_asset_keys(item: dict[str, Any]) -> list[str]:
     return keys
 
 
-def upload_local_assets(payload: Payload, features: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def upload_local_assets(
+    payload: Payload, features: list[dict[str, Any]], client: S3Client
+) -> list[dict[str, Any]]:
     """Upload every local asset of ``features`` with the payload's upload options
-    (per collection), rewrite their hrefs, and return the new items."""
+    (per collection), rewrite their hrefs, and return the new items. ``client``
+    remembers the uploads; they are deleted again if one fails."""
     import pystac
     from stactask.asset_io import upload_item_assets_to_s3
 
-    client = S3Client()
     uploaded: list[dict[str, Any]] = []
     try:
         for feature in features:

@@ -9,12 +9,12 @@ Schema and a README. Everything is rendered from the Jinja2 templates in
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
 import re
 import shutil
+import tempfile
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -23,7 +23,7 @@ from typing import Any
 import nbformat
 
 from . import __version__
-from .errors import NotebookError
+from .errors import BuildError
 from .notebook import BatchSettings, LambdaSettings, Notebook
 
 logger = logging.getLogger(__name__)
@@ -33,6 +33,8 @@ TASK_DIR = "/opt/nb2task/task"
 LAMBDA_HANDLER = "nb2task.lambda_handler"
 BATCH_COMMAND = ["run", "Ref::url", "--output", "Ref::url_out"]
 TEMPLATES = Path(__file__).parent / "templates"
+MARKER = ".nb2task-context"
+DOCKER_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
 # Lambda's hard limits.
 LAMBDA_MAX_TIMEOUT_S = 900
@@ -42,10 +44,6 @@ LAMBDA_MAX_STORAGE_MB = 10_240
 HEAVY_PACKAGES = {"torch", "tensorflow", "jax", "jaxlib", "cupy", "triton"}
 
 _REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*(.*)$")
-
-
-class BuildError(NotebookError):
-    """The notebook cannot be turned into a build context."""
 
 
 @dataclass(frozen=True)
@@ -77,6 +75,7 @@ class BuildContext:
 def build_context(notebook_path: str | Path, options: BuildOptions) -> BuildContext:
     """Write the build context for the notebook at ``notebook_path``."""
     notebook = Notebook.load(notebook_path, options.name)
+    notebook.check_runnable_as_task()
     name = notebook.name
     if not re.fullmatch(r"[A-Za-z0-9-]+", name):
         raise BuildError(
@@ -88,7 +87,16 @@ def build_context(notebook_path: str | Path, options: BuildOptions) -> BuildCont
     requirements = pinned_requirements(notebook, options.requirements_file)
     image = options.image or f"nb2task/{name}"
     tag = options.tag or notebook.settings.version
+    if not DOCKER_TAG.fullmatch(f"{tag}-lambda"):
+        raise BuildError(
+            f"image tag {tag!r} is not a valid Docker tag (letters, digits, '_', '.', '-'): "
+            "set --tag or a plain metadata nb2task.version"
+        )
     out = (options.output_dir or Path("build") / name).resolve()
+    _check_replaceable(out)
+    for extra in options.include:
+        if not extra.exists():
+            raise BuildError(f"--include {extra}: no such file or directory")
     notebook_file = f"{name}.ipynb"
 
     warnings = lambda_fit_warnings(lambda_settings, requirements)
@@ -104,7 +112,6 @@ def build_context(notebook_path: str | Path, options: BuildOptions) -> BuildCont
         "task_dir": TASK_DIR,
         "notebook_file": notebook_file,
         "has_requirements": bool(requirements),
-        "includes": sorted(p.name for p in options.include),
         "lambda": lambda_settings,
         "batch": batch_settings,
         "lambda_image": f"{image}:{tag}-lambda",
@@ -116,14 +123,33 @@ def build_context(notebook_path: str | Path, options: BuildOptions) -> BuildCont
         "warnings": warnings,
     }
 
-    if out.exists():
-        shutil.rmtree(out)
-    (out / "notebook").mkdir(parents=True)
+    # Written beside the target, then swapped in: a failure leaves the old context whole.
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        _write_context(staging, notebook, notebook_file, requirements, options.include, values)
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return BuildContext(out, name, values["lambda_image"], values["batch_image"], warnings)
+
+
+def _write_context(
+    out: Path,
+    notebook: Notebook,
+    notebook_file: str,
+    requirements: list[str],
+    include: tuple[Path, ...],
+    values: dict[str, Any],
+) -> None:
+    (out / "notebook").mkdir()
     _write_clean_notebook(notebook, out / "notebook" / notebook_file)
-    for extra in options.include:
+    for extra in include:
         _copy_include(extra, out / "notebook")
     (out / "requirements.txt").write_text("".join(f"{r}\n" for r in requirements), encoding="utf-8")
-    schema = notebook.schema.json_schema(title=name)
+    schema = notebook.schema.json_schema(title=notebook.name)
     (out / "parameters.schema.json").write_text(
         json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )
@@ -134,7 +160,22 @@ def build_context(notebook_path: str | Path, options: BuildOptions) -> BuildCont
         ("dockerignore.j2", ".dockerignore"),
     ):
         (out / target).write_text(render(template, values), encoding="utf-8")
-    return BuildContext(out, name, values["lambda_image"], values["batch_image"], warnings)
+    (out / MARKER).write_text(
+        "Written by nb2task build; nb2task build replaces this folder.\n", encoding="utf-8"
+    )
+    (out / MARKER).chmod(0o644)
+
+
+def _check_replaceable(out: Path) -> None:
+    """Only an empty folder or an earlier build context may be replaced."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise BuildError(f"-o {out}: a file is in the way")
+    if any(out.iterdir()) and not (out / MARKER).exists():
+        raise BuildError(
+            f"-o {out} is not empty and was not written by nb2task build: choose another folder"
+        )
 
 
 def render(template: str, values: dict[str, Any]) -> str:
@@ -150,6 +191,8 @@ def render(template: str, values: dict[str, Any]) -> str:
         autoescape=False,  # Dockerfiles, YAML and Markdown, not HTML
     )
     env.filters["tojson"] = lambda value: json.dumps(value, sort_keys=True)
+    # A Markdown table cell: no pipe or newline may break the row.
+    env.filters["cell"] = lambda value: str(value).replace("|", "\\|").replace("\n", " ")
     return env.get_template(template).render(**values)
 
 
@@ -242,7 +285,6 @@ def _override(settings: Any, overrides: dict[str, Any]) -> Any:
 def _write_clean_notebook(notebook: Notebook, path: Path) -> None:
     """The notebook as it runs in the image: no skip cells, no outputs, stable cell ids."""
     node = notebook.runnable()
-    node = copy.deepcopy(node)
     for index, cell in enumerate(node.cells):
         cell["id"] = cell.get("id") or f"cell-{index}"
         if cell.cell_type == "code":
@@ -253,8 +295,6 @@ def _write_clean_notebook(notebook: Notebook, path: Path) -> None:
 
 
 def _copy_include(source: Path, target_dir: Path) -> None:
-    if not source.exists():
-        raise BuildError(f"--include {source}: no such file or directory")
     if source.is_dir():
         shutil.copytree(source, target_dir / source.name)
     else:

@@ -47,7 +47,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--payloads", nargs="+", metavar="INPUT",
         help="run on many payloads instead of one; each gets <output dir>/<payload stem>/",
     )  # fmt: skip
-    run.add_argument("--jobs", type=int, default=1, help="with --payloads: runs at a time")
+    run.add_argument(
+        "--jobs", type=_positive_int, default=1, help="with --payloads: runs at a time"
+    )
     run.add_argument(
         "--output-dir", type=Path, default=Path(LOCAL_WORKDIR),
         help=f"with --payloads: where each payload's folder goes (default: {LOCAL_WORKDIR}/)",
@@ -123,7 +125,8 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         "--validate",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="validate the input payload (default: on)",
+        help="check input and emitted items against the STAC item schema (default: on; "
+        "the payload's structure is always checked)",
     )
     run.add_argument(
         "--local",
@@ -144,10 +147,10 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         help="set a parameter (overrides the payload)",
     )
     run.add_argument(
-        "--cell-timeout", type=float, help="seconds a cell may run (default: no limit)"
+        "--cell-timeout", type=_positive, help="seconds a cell may run (default: no limit)"
     )
     run.add_argument(
-        "--timeout", type=float, help="seconds the whole notebook may run (default: no limit)"
+        "--timeout", type=_positive, help="seconds the whole notebook may run (default: no limit)"
     )
     run.add_argument(
         "--download-assets",
@@ -157,9 +160,30 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--logging",
-        default=os.environ.get("NB2TASK_LOG_LEVEL", "INFO"),
-        help="log level: DEBUG, INFO, WARNING, ERROR (default: $NB2TASK_LOG_LEVEL or INFO)",
+        default=os.environ.get("NB2TASK_LOG_LEVEL", "INFO").upper(),
+        type=str.upper,
+        choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
+        help="log level (default: $NB2TASK_LOG_LEVEL or INFO)",
     )
+
+
+def _positive(text: str) -> float:
+    """An argparse type: a number of seconds above zero."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{text} must be above 0")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number above zero."""
+    value = _positive(text)
+    if value != int(value):
+        raise argparse.ArgumentTypeError(f"{text} is not a whole number")
+    return int(value)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -170,11 +194,7 @@ def main(argv: list[str] | None = None) -> int:
 def task_main(argv: list[str] | None = None) -> int:
     """Entry point of ``nb2task-task``: the image's notebook, from NB2TASK_NOTEBOOK."""
     args = build_task_parser().parse_args(argv)
-    notebook = os.environ.get("NB2TASK_NOTEBOOK")
-    if not notebook:
-        print("nb2task.errors.NotebookError: NB2TASK_NOTEBOOK is not set", file=sys.stderr)
-        return 2
-    args.notebook = Path(notebook)
+    args.notebook = Path(os.environ.get("NB2TASK_NOTEBOOK", ""))
     args.task_name = args.task_name or os.environ.get("NB2TASK_TASK_NAME") or None
     return _dispatch(args)
 
@@ -191,6 +211,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     try:
         if args.command == "run":
+            if not str(args.notebook) or str(args.notebook) == ".":
+                from .errors import UsageError
+
+                raise UsageError("NB2TASK_NOTEBOOK is not set: the image must name its notebook")
             _configure_logging(args.logging)
             _run(args)
         elif args.command == "inspect":
@@ -225,7 +249,7 @@ def _run(args: argparse.Namespace) -> None:
         options["upload"] = False
         output = output or str(Path(options["workdir"]) / "output-payload.json")
     if args.download_assets is not None:
-        options["download_assets"] = args.download_assets.split(",")
+        options["download_assets"] = args.download_assets
     run_notebook(
         args.notebook,
         args.input,
@@ -239,11 +263,11 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _run_many(args: argparse.Namespace) -> None:
-    from .errors import NotebookError
+    from .errors import UsageError
     from .many import run_many
 
     if args.input is not None or args.output is not None or args.workdir is not None:
-        raise NotebookError("--payloads replaces INPUT, --output and --workdir: use --output-dir")
+        raise UsageError("--payloads replaces INPUT, --output and --workdir: use --output-dir")
     run_args = [
         "--logging", args.logging,
         "--upload" if args.upload and not args.local else "--no-upload",
@@ -265,13 +289,13 @@ def _run_many(args: argparse.Namespace) -> None:
 
 
 def _build(args: argparse.Namespace) -> None:
-    from .build import DEFAULT_BASE_IMAGE, BuildOptions, build_context, build_images
+    from .build import BuildOptions, build_context, build_images
 
     options = BuildOptions(
         output_dir=args.output_dir,
         name=args.name,
         requirements_file=args.requirements,
-        base_image=args.base_image or DEFAULT_BASE_IMAGE,
+        **({"base_image": args.base_image} if args.base_image else {}),
         image=args.image,
         tag=args.tag,
         include=tuple(args.include),
@@ -304,7 +328,9 @@ def _inspect(args: argparse.Namespace) -> None:
         return
     rows = [("name", "type", "default", "help")]
     for p in notebook.schema.parameters:
-        default = "(required)" if p.required else repr(p.default)
+        default = (
+            "(required)" if p.required else f"= {p.default}" if p.computed else repr(p.default)
+        )
         rows.append((p.name, p.type_label, default, p.help))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     print(f"{notebook.name} {notebook.settings.version}: {notebook.path}")

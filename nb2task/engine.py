@@ -21,7 +21,7 @@ from typing import Any
 
 import nbformat
 
-from .errors import Nb2TaskError, NotebookCellError
+from .errors import Nb2TaskError, NotebookCellError, RunTimeoutError
 
 logger = logging.getLogger(__name__)
 
@@ -173,10 +173,6 @@ def execute(
         if watchdog:
             watchdog.cancel()
         launcher.retire(km)
-
-
-class RunTimeoutError(Nb2TaskError):
-    """The whole notebook run took longer than its timeout."""
 
 
 def _kill(km: Any) -> None:

@@ -12,17 +12,23 @@ from stactask.exceptions import InvalidInput
 __all__ = [
     "EXIT_FAILED",
     "EXIT_INVALID_INPUT",
-    "EXIT_OK",
+    "EXIT_TERMINATED",
     "EXIT_USAGE",
+    "AssetError",
+    "BuildError",
     "InvalidInput",
     "InvalidItemError",
     "Nb2TaskError",
     "NotebookCellError",
     "NotebookError",
+    "OutputError",
+    "RunTimeoutError",
+    "Terminated",
+    "UsageError",
     "error_line",
+    "exit_code",
 ]
 
-EXIT_OK = 0
 EXIT_FAILED = 1  # the task ran and failed (notebook raised, bad emitted items, I/O)
 EXIT_USAGE = 2  # the command line or the notebook file itself is wrong
 EXIT_INVALID_INPUT = 3  # the payload or its parameters are invalid
@@ -40,8 +46,28 @@ class Nb2TaskError(Exception):
     """Base class of nb2task's own errors."""
 
 
-class NotebookError(Nb2TaskError):
+class UsageError(Nb2TaskError):
+    """The command line is wrong."""
+
+
+class NotebookError(UsageError):
     """The notebook file cannot be used as a task (unreadable, bad parameters cell)."""
+
+
+class BuildError(UsageError):
+    """The notebook cannot be turned into a build context, or the image build failed."""
+
+
+class AssetError(Nb2TaskError):
+    """An asset could not be downloaded or uploaded."""
+
+
+class OutputError(Nb2TaskError):
+    """The output payload could not be written."""
+
+
+class RunTimeoutError(Nb2TaskError):
+    """The notebook (or one cell) ran longer than its timeout."""
 
 
 class Terminated(Nb2TaskError):
@@ -66,6 +92,9 @@ class NotebookCellError(Nb2TaskError):
         first_line = next((line.strip() for line in source.splitlines() if line.strip()), "")
         if len(first_line) > 60:
             first_line = first_line[:57] + "..."
+        # The message is cut before the cell is named, so that a long one keeps the cell.
+        if len(evalue) > MAX_MESSAGE_CHARS - 200:
+            evalue = evalue[: MAX_MESSAGE_CHARS - 200] + "... (cut)"
         super().__init__(f"{evalue} (notebook cell In [{exec_count}]: {first_line})")
 
     @property
@@ -127,7 +156,7 @@ def exit_code(exc: BaseException) -> int:
     """The process exit code for a run that ended with ``exc``."""
     if isinstance(exc, InvalidInput):
         return EXIT_INVALID_INPUT
-    if isinstance(exc, NotebookError):
+    if isinstance(exc, UsageError):
         return EXIT_USAGE
     if isinstance(exc, Terminated):
         return EXIT_TERMINATED

@@ -23,12 +23,14 @@ OVERSIZED_PREFIX = "tmp/oversized"
 TIMEOUT_MARGIN_S = 20
 
 # Lambda's filesystem is read-only but for /tmp; Jupyter and matplotlib write here.
+# The same values as Dockerfile.base's ENV; these are for images built on another base.
 WRITABLE_DIRS = {
+    "HOME": "/tmp",
     "IPYTHONDIR": "/tmp/.ipython",
-    "JUPYTER_RUNTIME_DIR": "/tmp/.jupyter/runtime",
-    "JUPYTER_DATA_DIR": "/tmp/.jupyter/data",
-    "JUPYTER_CONFIG_DIR": "/tmp/.jupyter/config",
-    "MPLCONFIGDIR": "/tmp/.matplotlib",
+    "JUPYTER_CONFIG_DIR": "/tmp/.jupyter",
+    "JUPYTER_DATA_DIR": "/tmp/.local/share/jupyter",
+    "JUPYTER_RUNTIME_DIR": "/tmp/.local/share/jupyter/runtime",
+    "MPLCONFIGDIR": "/tmp/.config/matplotlib",
 }
 
 logger = logging.getLogger("nb2task.lambda")
@@ -75,27 +77,29 @@ def _setup() -> type[Any]:
 
     notebook = os.environ.get("NB2TASK_NOTEBOOK")
     if not notebook:
-        raise RuntimeError("NB2TASK_NOTEBOOK is not set: the image must say which notebook to run")
+        from .errors import UsageError
+
+        raise UsageError("NB2TASK_NOTEBOOK is not set: the image must name its notebook")
     return NotebookTask.for_notebook(notebook, os.environ.get("NB2TASK_TASK_NAME") or None)
 
 
 def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """Run the notebook task on a Cirrus payload event and return the output payload."""
-    task_class = _setup()
-    from .payload import dereference
+    from .errors import error_line, with_dotted_name
 
     _context.request_id = getattr(context, "aws_request_id", "-")
     try:
+        task_class = _setup()
+        from .payload import dereference
+
         # Inside the try: an unreadable {"url"} is InvalidInput, reported by dotted name.
         document = dereference(event)
         _context.payload_id = str(document.get("id", "-"))
         output: dict[str, Any] = task_class.handler(
-            document, upload=True, timeout=_time_left(context)
+            document, deliver=offload_if_oversized, upload=True, timeout=_time_left(context)
         )
-        return offload_if_oversized(output)
+        return output
     except Exception as err:
-        from .errors import error_line, with_dotted_name
-
         logger.error(error_line(err))
         raise with_dotted_name(err) from err
     finally:

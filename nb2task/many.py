@@ -42,8 +42,6 @@ def run_many(
     notebook: Path, payloads: list[str], output_dir: Path, jobs: int, run_args: list[str]
 ) -> list[PayloadRun]:
     """Run ``notebook`` on every payload; raise Nb2TaskError naming the ones that failed."""
-    if jobs < 1:
-        raise Nb2TaskError(f"--jobs must be at least 1, got {jobs}")
     workdirs = _workdirs(payloads, output_dir)
     with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
         runs = list(pool.map(_run_one, repeat(notebook), payloads, workdirs, repeat(run_args)))
@@ -59,14 +57,11 @@ def run_many(
 
 def _workdirs(payloads: list[str], output_dir: Path) -> list[Path]:
     """One folder per payload, named after it; repeated names get a number."""
-    seen: dict[str, int] = {}
-    dirs = []
-    for payload in payloads:
-        stem = Path(payload.rstrip("/").rsplit("/", 1)[-1]).stem or "payload"
-        seen[stem] = seen.get(stem, 0) + 1
-        name = stem if seen[stem] == 1 else f"{stem}-{seen[stem]}"
-        dirs.append(output_dir / name)
-    return dirs
+    stems = [Path(p.rstrip("/").rsplit("/", 1)[-1]).stem or "payload" for p in payloads]
+    if len(set(stems)) == len(stems):
+        return [output_dir / stem for stem in stems]
+    # Names repeat: number every folder, so none can clash.
+    return [output_dir / f"{i:03d}-{stem}" for i, stem in enumerate(stems, 1)]
 
 
 def _run_one(notebook: Path, payload: str, workdir: Path, run_args: list[str]) -> PayloadRun:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from dataclasses import dataclass, field, replace
+import logging
+import re
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +19,13 @@ import nbformat
 from .errors import NotebookError
 from .schema import ParameterSchema
 
+logger = logging.getLogger(__name__)
+
 PARAMETERS_TAG = "parameters"
 SKIP_TAG = "nb2task-skip"
 METADATA_KEY = "nb2task"
+# Task names end up in file names, image names and process[0].tasks keys.
+TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 
 
 @dataclass(frozen=True)
@@ -82,35 +88,40 @@ class TaskSettings:
     requirements: tuple[str, ...] = ()
     lambda_: LambdaSettings = field(default_factory=LambdaSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
-    extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
     def from_metadata(cls, metadata: dict[str, Any], default_name: str) -> TaskSettings:
         """Settings from a notebook's ``metadata.nb2task`` mapping."""
         if not isinstance(metadata, dict):
             raise NotebookError(f"notebook metadata '{METADATA_KEY}' must be a mapping")
-        known = {
-            "name",
-            "version",
-            "description",
-            "download_assets",
-            "requirements",
-            "lambda",
-            "batch",
-        }
-        assets = metadata.get("download_assets", ())
-        if isinstance(assets, str):
-            assets = (assets,)
+        known = ("name", "version", "description", "download_assets", "requirements")
+        unknown = sorted(set(metadata) - {*known, "lambda", "batch"})
+        if unknown:
+            raise NotebookError(
+                f"unknown notebook metadata '{METADATA_KEY}.{unknown[0]}' "
+                f"(known: {', '.join((*known, 'lambda', 'batch'))})"
+            )
+        name = str(metadata.get("name") or default_name)
+        if not TASK_NAME.fullmatch(name):
+            raise NotebookError(f"task name {name!r}: use letters, digits, '.', '_' and '-'")
         return cls(
-            name=str(metadata.get("name") or default_name),
+            name=name,
             version=str(metadata.get("version", "0.1.0")),
             description=str(metadata.get("description", "")),
-            download_assets=tuple(str(a) for a in assets),
-            requirements=tuple(str(r) for r in metadata.get("requirements", ())),
+            download_assets=_str_list(metadata.get("download_assets", ()), "download_assets"),
+            requirements=_str_list(metadata.get("requirements", ()), "requirements"),
             lambda_=_section(LambdaSettings, metadata.get("lambda"), "lambda"),
             batch=_section(BatchSettings, metadata.get("batch"), "batch"),
-            extra={k: v for k, v in metadata.items() if k not in known},
         )
+
+
+def _str_list(value: Any, key: str) -> tuple[str, ...]:
+    """A metadata value that is one string or a list of strings."""
+    if isinstance(value, str):
+        return (value,)
+    if isinstance(value, list | tuple) and all(isinstance(v, str) for v in value):
+        return tuple(value)
+    raise NotebookError(f"notebook metadata '{METADATA_KEY}.{key}' must be a list of strings")
 
 
 @dataclass(frozen=True)
@@ -121,6 +132,7 @@ class Notebook:
     node: nbformat.NotebookNode
     schema: ParameterSchema
     settings: TaskSettings
+    has_parameters_cell: bool = True
 
     @classmethod
     def load(cls, path: str | Path, task_name: str | None = None) -> Notebook:
@@ -129,16 +141,29 @@ class Notebook:
         node = _read(path)
         cell = parameters_cell(node)
         schema = ParameterSchema.from_source(cell.source) if cell else ParameterSchema()
-        settings = TaskSettings.from_metadata(
-            node.metadata.get(METADATA_KEY, {}), default_name=path.stem
-        )
-        if task_name:
-            settings = replace(settings, name=task_name)
-        return cls(path.resolve(), node, schema, settings)
+        metadata = node.metadata.get(METADATA_KEY, {})
+        if task_name and isinstance(metadata, dict):
+            metadata = {**metadata, "name": task_name}
+        settings = TaskSettings.from_metadata(metadata, default_name=path.stem)
+        return cls(path.resolve(), node, schema, settings, has_parameters_cell=cell is not None)
 
     @property
     def name(self) -> str:
         return self.settings.name
+
+    def check_runnable_as_task(self) -> None:
+        """Raise NotebookError if the notebook cannot take a payload."""
+        if not self.has_parameters_cell:
+            raise NotebookError(
+                f"{self.path.name} has no cell tagged 'parameters': without one it would run on "
+                "its own sample data, not on the payload (tag the cell that sets `payload`)"
+            )
+        if "payload" not in self.schema.declared_reserved:
+            logger.warning(
+                "%s does not declare `payload` in its parameters cell: it will not see the "
+                "input items",
+                self.path.name,
+            )
 
     def runnable(self) -> nbformat.NotebookNode:
         """A copy of the notebook to execute: ``nb2task-skip`` cells removed."""

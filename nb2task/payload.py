@@ -18,6 +18,7 @@ from typing import IO, Any
 from stactask.exceptions import InvalidInput
 from stactask.payload import Payload
 
+from .errors import UsageError
 from .runtime import is_relative_local
 
 
@@ -34,7 +35,9 @@ def read_json(url: str | Path | None, stdin: IO[str] | None = None) -> Any:
                 text = f.read()
     except FileNotFoundError:
         raise InvalidInput(f"payload not found: {where}") from None
-    except OSError as err:
+    except UnicodeDecodeError:
+        raise InvalidInput(f"payload {where} is not UTF-8 text") from None
+    except (OSError, ValueError) as err:  # ValueError: fsspec knows no such protocol
         raise InvalidInput(f"cannot read payload {where}: {err}") from None
     try:
         return json.loads(text)
@@ -43,17 +46,30 @@ def read_json(url: str | Path | None, stdin: IO[str] | None = None) -> Any:
 
 
 def load_payload(url: str | Path | None, stdin: IO[str] | None = None) -> dict[str, Any]:
-    """Read a payload and follow a ``{"url": ...}`` indirection."""
+    """Read and check a payload, following one ``{"url": ...}`` indirection. Relative
+    asset hrefs of a local payload file are made absolute against that file's folder."""
     document = read_json(url, stdin)
-    return dereference(document)
+    source = indirection(document) or url
+    document = check_payload(dereference(document))
+    if source is not None and "://" not in str(source):
+        absolutize_local_asset_hrefs(document, Path(source).resolve().parent)
+    return document
 
 
-def dereference(document: Any) -> dict[str, Any]:
-    """Follow a ``{"url"}``/``{"href"}`` indirection, as Cirrus sends large payloads."""
+def indirection(document: Any) -> str | None:
+    """The URL a ``{"url"}``/``{"href"}`` document points at, if it is one."""
     if isinstance(document, dict) and "features" not in document:
         target = document.get("url", document.get("href"))
         if isinstance(target, str):
-            document = read_json(target)
+            return target
+    return None
+
+
+def dereference(document: Any) -> dict[str, Any]:
+    """Follow a ``{"url"}``/``{"href"}`` indirection once, as Cirrus sends large payloads."""
+    target = indirection(document)
+    if target is not None:
+        document = read_json(target)
     if not isinstance(document, dict):
         raise InvalidInput("a payload must be a JSON object")
     return document
@@ -69,7 +85,7 @@ def absolutize_local_asset_hrefs(document: dict[str, Any], base: Path) -> None:
                 asset["href"] = str((base / href).resolve())
 
 
-def check_payload(document: dict[str, Any]) -> Payload:
+def check_payload(document: dict[str, Any]) -> dict[str, Any]:
     """Check a payload as stactask and Cirrus will use it; raise InvalidInput if not."""
     if "features" not in document:
         hint = ""
@@ -87,9 +103,23 @@ def check_payload(document: dict[str, Any]) -> Payload:
             raise InvalidInput(f"invalid payload: {err}") from None
         _check_collection_expressions(payload)
     for index, feature in enumerate(payload.items_as_dicts):
-        if not isinstance(feature, dict) or "id" not in feature:
-            raise InvalidInput(f"payload feature {index} is not a STAC item (no 'id')")
-    return payload
+        _check_feature(index, feature)
+    return document
+
+
+def _check_feature(index: int, feature: Any) -> None:
+    """The structure nb2task relies on; the STAC schema check comes later (``--validate``)."""
+    where = f"payload feature {index}"
+    if not isinstance(feature, dict):
+        raise InvalidInput(f"{where} is not a JSON object")
+    if not isinstance(feature.get("id"), str):
+        raise InvalidInput(f"{where} is not a STAC item: no string 'id'")
+    assets = feature.get("assets", {})
+    if not isinstance(assets, dict):
+        raise InvalidInput(f"{where} ({feature['id']}): 'assets' must be an object")
+    for key, asset in assets.items():
+        if not isinstance(asset, dict) or not isinstance(asset.get("href"), str):
+            raise InvalidInput(f"{where} ({feature['id']}): asset '{key}' has no string 'href'")
 
 
 def _check_collection_expressions(payload: Payload) -> None:
@@ -116,6 +146,27 @@ def _check_collection_expressions(payload: Payload) -> None:
                 f"{where}: {expr!r} is not a JSONPath expression "
                 "(stactask 0.7 wants e.g. \"$[?(@.id =~ 'S2.*')]\", not a regex)"
             ) from None
+
+
+def check_output_url(url: str | Path | None) -> None:
+    """Fail before the run, not after it, when the output cannot be written there."""
+    if url is None:
+        return
+    text = str(url)
+    if "://" in text and not text.startswith("file://"):
+        import fsspec
+
+        try:
+            fsspec.get_filesystem_class(text.split("://", 1)[0])
+        except (ValueError, ImportError) as err:
+            raise UsageError(f"--output {text}: {err}") from None
+        return
+    path = Path(text.removeprefix("file://"))
+    if path.is_dir():
+        raise UsageError(f"--output {path} is a directory")
+    parent = next((p for p in (path.parent, *path.parent.parents) if p.exists()), None)
+    if parent is None or not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise UsageError(f"--output {path}: cannot create a file there")
 
 
 def write_json(document: Any, url: str | Path | None, stdout: IO[str] | None = None) -> None:

@@ -59,16 +59,21 @@ def record_prefix(payload: Payload, item: dict[str, Any] | None) -> str | None:
 
 
 def upload_record(
-    files: list[Path], prefix: str, client: Any, s3_urls: bool = False
+    files: list[Path],
+    prefix: str,
+    client: Any,
+    s3_urls: bool = False,
+    headers: dict[str, Any] | None = None,
 ) -> dict[str, str]:
-    """Upload the record files under ``prefix``; return file name -> URL."""
+    """Upload the record files under ``prefix`` with the payload's ``headers``;
+    return file name -> URL."""
     urls = {}
     for path in files:
         media_type = "text/html" if path.suffix == ".html" else NOTEBOOK_MEDIA_TYPE
         urls[path.name] = client.upload(
             str(path),
             f"{prefix}/{path.name}",
-            extra={"ContentType": media_type},
+            extra={**(headers or {}), "ContentType": media_type},
             http_url=not s3_urls,
         )
     return urls

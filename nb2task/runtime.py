@@ -56,15 +56,24 @@ def emit(items: Any) -> None:
     """Emit STAC items (pystac Items or dicts, one or many) as the task's output."""
     dicts = [_as_dict(item) for item in _as_list(items)]
     # Serialising here makes a non-JSON value fail in the notebook's own cell.
-    document = json.loads(json.dumps({"items": dicts}, default=_json_default))
+    try:
+        text = json.dumps({"items": dicts}, default=_json_default, allow_nan=False)
+    except ValueError:
+        raise ValueError(
+            "emit(): NaN and infinity are not valid in STAC JSON; replace them (e.g. with None)"
+        ) from None
+    document = json.loads(text)
     _display(document["items"])
 
 
 def _as_list(items: Any) -> list[Any]:
-    if isinstance(items, Mapping) or hasattr(items, "to_dict"):
+    if isinstance(items, Mapping):
         return [items]
+    # An ItemCollection is iterable *and* has to_dict: it is many items.
     if isinstance(items, Iterable) and not isinstance(items, str | bytes):
         return list(items)
+    if hasattr(items, "to_dict"):
+        return [items]
     raise TypeError(f"emit() takes pystac Items or dicts, one or many; got {type(items).__name__}")
 
 

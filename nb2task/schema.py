@@ -40,6 +40,10 @@ _JSON_TYPES = {
 _MISSING = object()
 
 
+class Computed(str):
+    """A default that is an expression (kept as its source text), not a literal."""
+
+
 @dataclass(frozen=True)
 class Parameter:
     """One parameter of the notebook."""
@@ -54,6 +58,11 @@ class Parameter:
         return self.default is _MISSING
 
     @property
+    def computed(self) -> bool:
+        """True when the default is an expression evaluated in the notebook."""
+        return isinstance(self.default, Computed)
+
+    @property
     def type_label(self) -> str:
         return " | ".join(self.types) if self.types else "any"
 
@@ -63,7 +72,7 @@ class Parameter:
             schema["type"] = self.types[0]
         elif self.types:
             schema["type"] = list(self.types)
-        if not self.required:
+        if not self.required and not self.computed:
             schema["default"] = self.default
         if self.help:
             schema["description"] = self.help
@@ -119,6 +128,11 @@ class ParameterSchema:
     @classmethod
     def from_source(cls, source: str) -> ParameterSchema:
         """Read the schema from the source of a ``parameters`` cell."""
+        if any(line.lstrip().startswith(("%", "!")) for line in source.splitlines()):
+            # IPython syntax (%matplotlib inline, !cmd): as the kernel will see it.
+            from IPython.core.inputtransformer2 import TransformerManager
+
+            source = TransformerManager().transform_cell(source)  # type: ignore[no-untyped-call]
         try:
             tree = ast.parse(source)
         except SyntaxError as err:
@@ -222,7 +236,7 @@ def _parameter_from_node(node: ast.stmt, comments: dict[int, str]) -> Parameter 
             default = ast.literal_eval(value)
         except ValueError:
             # A computed default (e.g. os.environ.get(...)) is kept as its source text.
-            default = ast.unparse(value)
+            default = Computed(ast.unparse(value))
             if annotation is None:
                 return Parameter(name, (), default, help_text)
     if annotation is not None:

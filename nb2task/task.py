@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import shutil
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -20,19 +20,15 @@ from stactask.exceptions import InvalidInput
 
 from . import engine
 from .assets import S3Client, download_assets, upload_local_assets
-from .errors import NotebookCellError
-from .harvest import check_items, emitted_items
+from .errors import NotebookCellError, OutputError, UsageError
+from .harvest import check_items, check_schema, emitted_items
 from .notebook import Notebook
-from .payload import (
-    absolutize_local_asset_hrefs,
-    check_payload,
-    dereference,
-    load_payload,
-    write_json,
-)
+from .payload import check_output_url, check_payload, dereference, load_payload, write_json
 from .record import link_record, record_prefix, render_html, upload_record
 
 INPUT_PAYLOAD_NAME = "input-payload.json"
+# Writes the output payload where the caller wants it and returns what the run returns.
+Deliver = Callable[[dict[str, Any]], dict[str, Any]]
 # A task option nb2task itself reads (unless the notebook declares it as a parameter).
 DOWNLOAD_ASSETS_OPTION = "download_assets"
 
@@ -46,6 +42,7 @@ class NotebookTask(Task):
     def for_notebook(cls, path: str | Path, task_name: str | None = None) -> type[NotebookTask]:
         """A NotebookTask class for the notebook at ``path``."""
         notebook = Notebook.load(path, task_name)
+        notebook.check_runnable_as_task()
         settings = notebook.settings
         return type(
             f"NotebookTask_{settings.name}",
@@ -65,7 +62,7 @@ class NotebookTask(Task):
         overrides: dict[str, Any] | None = None,
         cell_timeout: float | None = None,
         timeout: float | None = None,
-        download_assets: Sequence[str] | None = None,
+        download_assets: Sequence[str] | str | None = None,
         record_prefix: str | None = None,
         **kwargs: Any,
     ):
@@ -94,11 +91,15 @@ class NotebookTask(Task):
         self.cell_timeout = cell_timeout
         self.timeout = timeout
         self.record_prefix = record_prefix
+        self._schema_checks = kwargs.get("validate", True)
+        self._asset_uploads = S3Client()  # undone if the run fails after uploading
         self._record_uploaded = False
 
-    @property
-    def workdir(self) -> Path:
-        return self._workdir
+    def validate(self) -> bool:
+        """stactask's hook (``--validate``): the input items against the STAC core schema."""
+        for index, item in enumerate(self.payload.items_as_dicts):
+            check_schema(item, f"payload feature {index} (id {item.get('id')!r})", InvalidInput)
+        return True
 
     @property
     def executed_notebook_path(self) -> Path:
@@ -136,12 +137,15 @@ class NotebookTask(Task):
             if err.dotted_name == "stactask.exceptions.InvalidInput":
                 raise InvalidInput(str(err)) from None
             raise
-        items = check_items(emitted_items(executed), self._workdir)
+        items = check_items(
+            emitted_items(executed), self.notebook.path.parent, schema=self._schema_checks
+        )
         self.logger.info("the notebook emitted %d item(s)", len(items))
         return items
 
-    def run(self) -> dict[str, Any]:
-        """Process the payload and return the output payload; keep the record either way."""
+    def run(self, deliver: Deliver | None = None) -> dict[str, Any]:
+        """Process the payload and return the output payload (after ``deliver`` has
+        written it, if given). On failure nothing uploaded stays but the run's record."""
         try:
             features = [self._post_process_item(item) for item in self.process()]
             self.payload["features"] = features
@@ -149,12 +153,16 @@ class NotebookTask(Task):
                 warnings.simplefilter("ignore", DeprecationWarning)
                 self.assign_collections()
             if self._upload:
-                features = upload_local_assets(self.payload, self.payload["features"])
+                features = upload_local_assets(
+                    self.payload, self.payload["features"], self._asset_uploads
+                )
                 self._publish_record(features, features[0] if features else None)
-            elif self._save_workdir:
+            else:
                 render_html(self.executed_notebook_path)  # the local record, readable
-            return {**self.payload, "features": features}
+            output = {**self.payload, "features": features}
+            return deliver(output) if deliver else output
         except BaseException:
+            self._asset_uploads.delete_uploaded()
             self._keep_record_of_failure()
             raise
         finally:
@@ -176,7 +184,11 @@ class NotebookTask(Task):
             placed_by.get("collection") if placed_by else None
         )
         urls = upload_record(
-            [p for p in (notebook, html) if p], prefix, S3Client(), bool(options.get("s3_urls"))
+            [p for p in (notebook, html) if p],
+            prefix,
+            S3Client(),
+            s3_urls=bool(options.get("s3_urls")),
+            headers=options.get("headers") or {},
         )
         self._record_uploaded = True
         self.logger.info("run record uploaded: %s", ", ".join(urls.values()))
@@ -210,15 +222,21 @@ class NotebookTask(Task):
         return item
 
     @classmethod
-    def handler(cls, payload: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    def handler(
+        cls, payload: dict[str, Any], deliver: Deliver | None = None, **kwargs: Any
+    ) -> dict[str, Any]:
         """Run the task on a payload (or ``{"url": ...}``) and return the output payload."""
-        document = dereference(payload)
-        check_payload(document)
-        return cls(document, **kwargs).run()
+        document = check_payload(dereference(payload))
+        return cls(document, **kwargs).run(deliver)
 
     def cleanup_workdir(self) -> None:
-        """Remove a temporary workdir, but keep the executed notebook: it is the record."""
+        """Remove a temporary workdir once its contents are safe elsewhere: outputs and
+        record uploaded. Without upload, the outputs the payload points at stay; on a
+        failed run, the executed notebook stays (its path is logged)."""
         if self._save_workdir or not self._workdir.exists():
+            return
+        if not self._upload:
+            self.logger.info("outputs kept in %s (upload is off)", self._workdir)
             return
         if self._record_uploaded:
             super().cleanup_workdir()
@@ -261,23 +279,33 @@ def run_notebook(
     ``task_options`` are stactask's: workdir, save_workdir, upload, validate.
     """
     task_class = NotebookTask.for_notebook(notebook, task_name)
-    document = load_payload(input_url)
-    if input_url is not None and "://" not in str(input_url):
-        # Relative asset hrefs in a local payload file are relative to that file.
-        absolutize_local_asset_hrefs(document, Path(input_url).resolve().parent)
     parsed = parse_overrides(task_class.notebook, overrides or {})
+    check_output_url(output_url)
+    document = load_payload(input_url)
     if output_url is not None and "://" in str(output_url):
         # Where no path_template places the record, it goes beside the output payload.
         task_options.setdefault("record_prefix", str(output_url).rsplit("/", 1)[0])
-    output = task_class.handler(document, overrides=parsed, **task_options)
-    write_json(output, output_url)
-    return output
+
+    def deliver(output: dict[str, Any]) -> dict[str, Any]:
+        try:
+            write_json(output, output_url)
+        except Exception as err:
+            raise OutputError(f"cannot write the output payload to {output_url}: {err}") from err
+        return output
+
+    return task_class.handler(document, deliver=deliver, overrides=parsed, **task_options)
 
 
 def parse_overrides(notebook: Notebook, overrides: dict[str, str]) -> dict[str, Any]:
-    """Command-line ``-p NAME VALUE`` strings as typed values."""
+    """Command-line ``-p NAME VALUE`` strings as typed values; a wrong one is a usage error."""
     parsed: dict[str, Any] = {}
     for name, text in overrides.items():
         param = notebook.schema.get(name)
-        parsed[name] = param.parse_cli_value(text) if param else text
+        if param is None:
+            declared = ", ".join(notebook.schema.names) or "none"
+            raise UsageError(f"-p {name}: no such parameter (the notebook declares: {declared})")
+        try:
+            parsed[name] = param.check(param.parse_cli_value(text))
+        except InvalidInput as err:
+            raise UsageError(f"-p {name}: {err}") from None
     return parsed

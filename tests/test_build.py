@@ -25,6 +25,7 @@ def context(tmp_path: Path) -> Path:
 def test_context_files(context: Path) -> None:
     assert sorted(p.name for p in context.iterdir()) == [
         ".dockerignore",
+        ".nb2task-context",
         "Dockerfile",
         "README.md",
         "definition.yaml",
@@ -151,6 +152,50 @@ def test_build_errors(tmp_path: Path, metadata, requirements, message) -> None:
         args = ["--requirements", tmp_path / "req.txt"]
     result = run_cli("build", nb, "-o", tmp_path / "ctx", *args)
     assert result.returncode == 2
-    assert result.last_stderr_line.startswith("nb2task.build.BuildError: " + message) or (
+    assert result.last_stderr_line.startswith("nb2task.errors.BuildError: " + message) or (
         result.last_stderr_line.startswith("nb2task.errors.NotebookError: " + message)
     )
+
+
+def test_build_never_replaces_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    (tmp_path / "project").mkdir()
+    (tmp_path / "project" / "notes.txt").write_text("mine")
+    result = run_cli("build", REPO / "notebooks/minimal.ipynb", "-o", tmp_path / "project")
+    assert result.returncode == 2
+    assert result.last_stderr_line.startswith("nb2task.errors.BuildError: -o ")
+    assert (tmp_path / "project" / "notes.txt").read_text() == "mine"
+
+
+def test_failed_rebuild_leaves_the_old_context_whole(context: Path, tmp_path: Path) -> None:
+    before = sorted(p.name for p in context.iterdir())
+    result = run_cli(
+        "build", REPO / "notebooks/ndvi.ipynb", "-o", context, "--include", tmp_path / "missing"
+    )
+    assert result.returncode == 2
+    assert result.last_stderr_line.endswith("missing: no such file or directory")
+    assert sorted(p.name for p in context.iterdir()) == before
+    # ...and a good rebuild replaces it.
+    assert run_cli("build", REPO / "notebooks/ndvi.ipynb", "-o", context).returncode == 0
+
+
+def test_metadata_text_cannot_break_the_files(tmp_path: Path) -> None:
+    nb = write_notebook(
+        tmp_path / "odd.ipynb",
+        'payload = "x"\nmode: str = "a"  # one | two',
+        metadata={"description": 'say "hi"\nand a second line'},
+    )
+    result = run_cli("build", nb, "-o", tmp_path / "ctx")
+    assert result.returncode == 0, result.stderr
+    proc = subprocess.run(
+        [HADOLINT, str(tmp_path / "ctx/Dockerfile")], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stdout
+    row = next(
+        line for line in (tmp_path / "ctx/README.md").read_text().splitlines() if "`mode`" in line
+    )
+    assert row.count(" | ") == 3 and "one \\| two" in row
+
+    bad = write_notebook(tmp_path / "v.ipynb", 'payload = "x"', metadata={"version": "1.0 beta"})
+    result = run_cli("build", bad, "-o", tmp_path / "ctx2")
+    assert result.returncode == 2
+    assert "is not a valid Docker tag" in result.last_stderr_line

@@ -166,28 +166,59 @@ def test_run_record_uploaded_on_failure(s3: Any, bucket: str, tmp_path: Path, wr
     assert not output.exists()
 
 
-def test_partial_upload_is_undone(s3: Any, bucket: str, tmp_path: Path, write_json) -> None:
-    nb = write_notebook(
-        tmp_path / "half.ipynb",
-        'payload = "x.json"\nworkdir = "."',
-        "import pathlib, nb2task\n"
-        "good = pathlib.Path(workdir) / 'good.txt'; good.write_text('ok')\n"
-        "items = [\n"
-        "  dict(nb2task.read_items(payload)[0].to_dict(), id='first',"
-        " assets={'r': {'href': str(good)}}),\n"
-        "  dict(nb2task.read_items(payload)[0].to_dict(), id='second',"
-        " assets={'r': {'href': '/nonexistent/missing.tif'}}),\n"
-        "]\n"
-        "nb2task.emit(items)",
+def test_partial_upload_is_undone(s3: Any, bucket: str, writer: Path, write_json) -> None:
+    """The second item's upload fails (no such bucket): the first item's file is deleted."""
+    payload = make_payload(
+        features=[sample_item("first"), sample_item("second")],
+        upload_options={"path_template": f"s3://{bucket}/out/${{id}}"},
+        collection_matchers=[
+            {"type": "jsonpath", "pattern": "$[?(@.id == 'second')]", "collection_name": "lost"},
+            {"type": "catch_all", "collection_name": "kept"},
+        ],
+        collection_options={
+            "lost": {"upload_options": {"path_template": "s3://no-such-bucket-here/${id}"}}
+        },
     )
-    payload = make_payload(upload_options={"path_template": f"s3://{bucket}/out/${{id}}"})
-    result = run_cli("run", nb, write_json("in.json", payload))
+    result = run_cli("run", writer, write_json("in.json", payload))
     assert result.returncode == 1
-    assert result.last_stderr_line == (
-        "nb2task.assets.AssetError: item second: asset 'r' file /nonexistent/missing.tif "
-        "does not exist"
+    assert result.last_stderr_line.startswith("nb2task.errors.AssetError: asset upload failed:")
+    assert "NoSuchBucket" in result.last_stderr_line
+    # The first item's file is gone again; only the run's record stays, for debugging.
+    assert keys(s3, bucket) == {"out/first/writer.executed.ipynb", "out/first/writer.executed.html"}
+
+
+def test_output_write_failure_undoes_the_uploads(
+    s3: Any, bucket: str, writer: Path, write_json
+) -> None:
+    payload = make_payload(upload_options={"path_template": f"s3://{bucket}/out/${{id}}"})
+    result = run_cli(
+        "run", writer, write_json("in.json", payload), "--output", "http://127.0.0.1:9/o.json"
     )
-    assert not [k for k in keys(s3, bucket) if k.startswith("out/first/good")]
+    assert result.returncode == 1
+    assert result.last_stderr_line.startswith(
+        "nb2task.errors.OutputError: cannot write the output payload to http://127.0.0.1:9/o.json"
+    )
+    # The assets are gone again; only the run's record stays, for debugging.
+    assert keys(s3, bucket) == {
+        "out/item-1/writer.executed.ipynb",
+        "out/item-1/writer.executed.html",
+    }
+
+
+def test_unwritable_local_output_fails_before_the_run(writer: Path, write_json, tmp_path: Path):
+    (tmp_path / "file").write_text("x")
+    result = run_cli(
+        "run",
+        writer,
+        write_json("in.json", make_payload()),
+        "--output",
+        tmp_path / "file" / "o.json",
+        "--workdir",
+        tmp_path / "work",
+    )
+    assert result.returncode == 2
+    assert result.last_stderr_line.startswith("nb2task.errors.UsageError: --output ")
+    assert not (tmp_path / "work").exists()
 
 
 @pytest.fixture
@@ -413,9 +444,8 @@ def test_in_image_cli_takes_the_notebook_from_the_environment(
         env={k: v for k, v in os.environ.items() if k != "NB2TASK_NOTEBOOK"},
     )
     assert missing.returncode == 2
-    assert (
-        missing.stderr.splitlines()[-1]
-        == "nb2task.errors.NotebookError: NB2TASK_NOTEBOOK is not set"
+    assert missing.stderr.splitlines()[-1] == (
+        "nb2task.errors.UsageError: NB2TASK_NOTEBOOK is not set: the image must name its notebook"
     )
 
 
@@ -426,7 +456,7 @@ def test_lambda_stops_the_notebook_before_lambda_would(tmp_path: Path) -> None:
     # 23 s left: nb2task keeps 20 s to report, so the notebook gets 3 s.
     out, _ = invoke_lambda(nb, make_payload(), TEST_REMAINING_MS="23000")
     assert out == {
-        "errorType": "nb2task.engine.RunTimeoutError",
+        "errorType": "nb2task.errors.RunTimeoutError",
         "errorMessage": "the notebook ran longer than 3 s",
     }
 

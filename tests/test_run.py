@@ -77,12 +77,6 @@ def test_task_name_selects_the_options(params_notebook: Path, write_json) -> Non
             [],
             "parameter 'payload' is reserved: nb2task sets it itself",
         ),
-        (
-            {},
-            ["-p", "nope", "1"],
-            "unknown parameter 'nope' (the notebook declares: a, b, c, d, n)",
-        ),
-        ({}, ["-p", "n", "1.5"], "parameter 'n' must be integer, got float 1.5"),
     ],
 )
 def test_invalid_parameters_fail_before_any_kernel(
@@ -299,8 +293,8 @@ def test_notebook_metadata_names_the_task(tmp_path: Path, write_json) -> None:
 @pytest.mark.parametrize(
     ("flag", "message"),
     [
-        ("--cell-timeout", "nb2task.engine.RunTimeoutError: a notebook cell ran longer than 2 s"),
-        ("--timeout", "nb2task.engine.RunTimeoutError: the notebook ran longer than 2 s"),
+        ("--cell-timeout", "nb2task.errors.RunTimeoutError: a notebook cell ran longer than 2 s"),
+        ("--timeout", "nb2task.errors.RunTimeoutError: the notebook ran longer than 2 s"),
     ],
 )
 def test_timeouts(tmp_path: Path, write_json, flag: str, message: str) -> None:
@@ -392,3 +386,34 @@ def test_many_payloads_in_parallel(params_notebook: Path, tmp_path: Path) -> Non
         assert (out / name / "params.executed.ipynb").exists()
     assert not (out / "broken" / "output-payload.json").exists()
     assert "must be integer" in (out / "broken" / "run.log").read_text()
+
+
+@pytest.mark.parametrize(
+    ("cli_args", "message"),
+    [
+        (["-p", "nope", "1"], "-p nope: no such parameter (the notebook declares: a, b, c, d, n)"),
+        (["-p", "n", "1.5"], "-p n: parameter 'n' must be integer, got float 1.5"),
+        (
+            ["-p", "payload", "x"],
+            "-p payload: no such parameter (the notebook declares: a, b, c, d, n)",
+        ),
+        (["--timeout", "-1"], None),
+        (["--logging", "LOUD"], None),
+    ],
+)
+def test_command_line_mistakes_are_usage_errors(
+    params_notebook: Path, write_json, tmp_path: Path, cli_args, message
+) -> None:
+    workdir = tmp_path / "work"
+    result = run_cli(
+        "run",
+        params_notebook,
+        write_json("in.json", make_payload()),
+        "--workdir",
+        workdir,
+        *cli_args,
+    )
+    assert result.returncode == 2
+    if message:
+        assert result.last_stderr_line == f"nb2task.errors.UsageError: {message}"
+    assert not workdir.exists()
