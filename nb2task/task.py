@@ -157,8 +157,9 @@ class NotebookTask(Task):
                     self.payload, self.payload["features"], self._asset_uploads
                 )
                 self._publish_record(features, features[0] if features else None)
-            else:
-                render_html(self.executed_notebook_path)  # the local record, readable
+            elif self._save_workdir:
+                # A kept workdir is the local record: make it readable (costs ~0.5 s).
+                render_html(self.executed_notebook_path)
             output = {**self.payload, "features": features}
             return deliver(output) if deliver else output
         except BaseException:
