@@ -62,11 +62,10 @@ def warm(repeat: int) -> dict[str, float]:
     from anchor_task import MinimalTask
 
     from nb2task import engine
-    from nb2task.payload import absolutize_local_asset_hrefs, load_payload
+    from nb2task.payload import load_payload
     from nb2task.task import NotebookTask
 
     payload = load_payload(PAYLOAD)
-    absolutize_local_asset_hrefs(payload, PAYLOAD.parent)
     task_class = NotebookTask.for_notebook(NOTEBOOK)
     engine.launcher.keep_spare = True  # as in a warm Lambda container
 

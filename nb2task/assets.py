@@ -116,13 +116,9 @@ def upload_local_assets(
     try:
         for feature in features:
             keys = local_asset_keys(feature)
-            for key in keys:
-                href = feature["assets"][key]["href"].removeprefix("file://")
-                if not Path(href).is_file():
-                    raise AssetError(
-                        f"item {feature['id']}: asset '{key}' file {href} does not exist"
-                    )
-                feature["assets"][key]["href"] = href
+            for key in keys:  # harvest already checked that each file exists
+                asset = feature["assets"][key]
+                asset["href"] = asset["href"].removeprefix("file://")
             if not keys:
                 uploaded.append(feature)
                 continue

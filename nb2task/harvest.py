@@ -8,7 +8,7 @@ from typing import Any
 import nbformat
 
 from .errors import InvalidItemError
-from .runtime import EMIT_MIMETYPE, is_relative_local
+from .runtime import EMIT_MIMETYPE, absolute_href
 
 
 def emitted_items(node: nbformat.NotebookNode) -> list[dict[str, Any]]:
@@ -39,9 +39,7 @@ def check_items(
             raise InvalidItemError(f"the notebook emitted item id '{item['id']}' twice")
         ids.add(item["id"])
         for key, asset in item.get("assets", {}).items():
-            href = asset["href"]
-            if is_relative_local(href):
-                asset["href"] = href = str((kernel_cwd / href).resolve())
+            asset["href"] = href = absolute_href(asset["href"], kernel_cwd)
             local = href.removeprefix("file://")
             if "://" not in local and not Path(local).is_file():
                 raise InvalidItemError(f"{label}: asset '{key}' file {local} does not exist")

@@ -19,7 +19,7 @@ from stactask.exceptions import InvalidInput
 from stactask.payload import Payload
 
 from .errors import UsageError
-from .runtime import is_relative_local
+from .runtime import absolute_href
 
 
 def read_json(url: str | Path | None, stdin: IO[str] | None = None) -> Any:
@@ -46,11 +46,12 @@ def read_json(url: str | Path | None, stdin: IO[str] | None = None) -> Any:
 
 
 def load_payload(url: str | Path | None, stdin: IO[str] | None = None) -> dict[str, Any]:
-    """Read and check a payload, following one ``{"url": ...}`` indirection. Relative
-    asset hrefs of a local payload file are made absolute against that file's folder."""
+    """Read a payload, following one ``{"url": ...}`` indirection. Relative asset hrefs
+    of a local payload file are made absolute against that file's folder. (The task's
+    handler checks the payload.)"""
     document = read_json(url, stdin)
     source = indirection(document) or url
-    document = check_payload(dereference(document))
+    document = dereference(document)
     if source is not None and "://" not in str(source):
         absolutize_local_asset_hrefs(document, Path(source).resolve().parent)
     return document
@@ -76,13 +77,14 @@ def dereference(document: Any) -> dict[str, Any]:
 
 
 def absolutize_local_asset_hrefs(document: dict[str, Any], base: Path) -> None:
-    """Make relative asset hrefs of the payload's items absolute, against ``base``."""
-    for feature in document.get("features", []):
+    """Make relative asset hrefs of the payload's items absolute, against ``base``.
+    Runs before the payload is checked, so it steps around anything malformed."""
+    features = document.get("features")
+    for feature in features if isinstance(features, list) else []:
         assets = feature.get("assets") if isinstance(feature, dict) else None
-        for asset in (assets or {}).values():
-            href = asset.get("href") if isinstance(asset, dict) else None
-            if isinstance(href, str) and is_relative_local(href):
-                asset["href"] = str((base / href).resolve())
+        for asset in assets.values() if isinstance(assets, dict) else []:
+            if isinstance(asset, dict) and isinstance(asset.get("href"), str):
+                asset["href"] = absolute_href(asset["href"], base)
 
 
 def check_payload(document: dict[str, Any]) -> dict[str, Any]:

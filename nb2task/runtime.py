@@ -35,21 +35,18 @@ def read_items(path: str | os.PathLike[str]) -> list[pystac.Item]:
     items = []
     for feature in features:
         item = pystac.Item.from_dict(feature, preserve_dict=False)
-        resolve_relative_asset_hrefs(item, base)
+        for asset in item.assets.values():
+            asset.href = absolute_href(asset.href, base)
         items.append(item)
     return items
 
 
-def resolve_relative_asset_hrefs(item: pystac.Item, base: Path) -> None:
-    """Make relative local asset hrefs absolute, against ``base``."""
-    for asset in item.assets.values():
-        if is_relative_local(asset.href):
-            asset.href = str((base / asset.href).resolve())
-
-
-def is_relative_local(href: str) -> bool:
-    """True when ``href`` is a relative file path (no scheme, not absolute)."""
-    return "://" not in href and not os.path.isabs(href)
+def absolute_href(href: str, base: Path) -> str:
+    """``href`` itself, or, if it is a relative file path, that path made absolute
+    against ``base``. The one rule for relative hrefs, wherever they are met."""
+    if "://" in href or os.path.isabs(href):
+        return href
+    return str((base / href).resolve())
 
 
 def emit(items: Any) -> None:

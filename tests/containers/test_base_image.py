@@ -192,7 +192,8 @@ def test_standin_runs_a_handler_through_the_emulator(
         )
         try:
             deadline = time.monotonic() + 20
-            while not images.listening(port):
+            # The two listeners come up one after the other: wait for both.
+            while not (images.listening(port) and images.listening(api_port)):
                 assert time.monotonic() < deadline, images.docker("logs", name).stderr
                 time.sleep(0.1)
             # The emulator listens on the loopback address only, never on all interfaces.
