@@ -76,12 +76,7 @@ def build_context(notebook_path: str | Path, options: BuildOptions) -> BuildCont
     """Write the build context for the notebook at ``notebook_path``."""
     notebook = Notebook.load(notebook_path, options.name)
     notebook.check_runnable_as_task()
-    name = notebook.name
-    if not re.fullmatch(r"[A-Za-z0-9-]+", name):
-        raise BuildError(
-            f"task name '{name}' must use only letters, digits and '-' (FilmDrop's rule): "
-            "set --name or metadata nb2task.name"
-        )
+    name = notebook.name  # Notebook.load checked it (the task-name rule)
     lambda_settings = _override(notebook.settings.lambda_, options.lambda_overrides)
     batch_settings = _override(notebook.settings.batch, options.batch_overrides)
     requirements = pinned_requirements(notebook, options.requirements_file)
@@ -291,6 +286,8 @@ def _write_clean_notebook(notebook: Notebook, path: Path) -> None:
             cell.outputs = []
             cell.execution_count = None
     node.metadata.pop("papermill", None)
+    # The image's name for the task, whatever the notebook's metadata said (--name).
+    node.metadata.setdefault("nb2task", {})["name"] = notebook.name
     nbformat.write(node, str(path))  # type: ignore[no-untyped-call]
 
 

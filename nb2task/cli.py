@@ -9,7 +9,6 @@ step parses.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import logging
 import os
@@ -22,14 +21,7 @@ from typing import Any
 from . import __version__
 
 LOCAL_WORKDIR = "local-output"
-QUIET_LOGGERS = (
-    "botocore",
-    "s3transfer",
-    "urllib3",
-    "fsspec",
-    "asyncio",
-    "aiobotocore",
-)
+ENGINES = ("fork", "kernel")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,19 +33,30 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     run = commands.add_parser("run", help="run a notebook as a task on one payload")
-    run.add_argument("notebook", type=Path, help="the notebook (.ipynb)")
+    run.add_argument(
+        "notebook", type=Path, help="the notebook (.ipynb, or a jupytext percent-format .py)"
+    )
     add_run_arguments(run)
     run.add_argument(
         "--payloads", nargs="+", metavar="INPUT",
         help="run on many payloads instead of one; each gets <output dir>/<payload stem>/",
     )  # fmt: skip
     run.add_argument(
-        "--jobs", type=_positive_int, default=1, help="with --payloads: runs at a time"
+        "--jobs",
+        type=_positive_int,
+        default=os.cpu_count() or 1,
+        help="with --payloads: payloads run at a time (default: %(default)s, the cores)",
     )
     run.add_argument(
         "--output-dir", type=Path, default=Path(LOCAL_WORKDIR),
         help=f"with --payloads: where each payload's folder goes (default: {LOCAL_WORKDIR}/)",
     )  # fmt: skip
+
+    report = commands.add_parser(
+        "report", help="render an executed notebook (a run's record) as HTML"
+    )
+    report.add_argument("executed", type=Path, help="the executed notebook (.ipynb)")
+    report.add_argument("-o", "--output", type=Path, help="the HTML file (default: beside it)")
 
     inspect = commands.add_parser("inspect", help="show a notebook's parameters")
     inspect.add_argument("notebook", type=Path)
@@ -159,6 +162,21 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         "(default: the notebook's metadata, or the payload's tasks.<name>.download_assets)",
     )
     run.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=os.environ.get("NB2TASK_ENGINE") or None,
+        help="how cells run: fork (a child of a warm process per payload; the default on "
+        "Linux) or kernel (a Jupyter kernel per payload; default for non-Python kernels); "
+        "default: $NB2TASK_ENGINE, else the notebook's metadata",
+    )
+    run.add_argument(
+        "--html",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="render the executed notebook as HTML on success too (default: the notebook's "
+        "record_html setting; a failed run's record is always rendered)",
+    )
+    run.add_argument(
         "--logging",
         default=os.environ.get("NB2TASK_LOG_LEVEL", "INFO").upper(),
         type=str.upper,
@@ -206,6 +224,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    from . import logs
+
     # Batch sends SIGTERM before it kills: unwind, so the record is kept and the last
     # line still says what happened.
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -215,12 +235,14 @@ def _dispatch(args: argparse.Namespace) -> int:
                 from .errors import UsageError
 
                 raise UsageError("NB2TASK_NOTEBOOK is not set: the image must name its notebook")
-            _configure_logging(args.logging)
+            logs.configure(args.logging)
             _run(args)
         elif args.command == "inspect":
             _inspect(args)
+        elif args.command == "report":
+            _report_html(args)
         elif args.command == "build":
-            _configure_logging("INFO")
+            logs.configure("INFO")
             _build(args)
         return 0
     except KeyboardInterrupt:
@@ -230,61 +252,51 @@ def _dispatch(args: argparse.Namespace) -> int:
         return _report(err)
 
 
-def _run(args: argparse.Namespace) -> None:
-    from .task import run_notebook
+def run_options(args: argparse.Namespace) -> Any:
+    """The RunOptions the command line asks for (``--local`` as stactask defines it)."""
+    from .runner import RunOptions
 
-    if getattr(args, "payloads", None):
-        _run_many(args)
-        return
-    options: dict[str, Any] = {
-        "workdir": args.workdir,
-        "save_workdir": args.save_workdir,
-        "upload": args.upload,
+    options = {
+        "task_name": args.task_name,
+        "parameters": tuple((name, value) for name, value in args.parameter),
+        "download_assets": args.download_assets,
+        "cell_timeout": args.cell_timeout,
+        "timeout": args.timeout,
+        "engine": args.engine,
+        "html": args.html,
         "validate": args.validate,
     }
-    output = args.output
     if args.local:
-        options["workdir"] = args.workdir or Path(LOCAL_WORKDIR)
-        options["save_workdir"] = True
-        options["upload"] = False
-        output = output or str(Path(options["workdir"]) / "output-payload.json")
-    if args.download_assets is not None:
-        options["download_assets"] = args.download_assets
-    run_notebook(
-        args.notebook,
-        args.input,
-        output,
-        task_name=args.task_name,
-        overrides=dict(args.parameter),
-        cell_timeout=args.cell_timeout,
-        timeout=args.timeout,
-        **options,
+        return RunOptions.local(args.workdir, **options)
+    return RunOptions(
+        workdir=args.workdir, save_workdir=args.save_workdir, upload=args.upload, **options
     )
 
 
-def _run_many(args: argparse.Namespace) -> None:
+def _run(args: argparse.Namespace) -> None:
+    from .publish import StreamOutput, UrlOutput
+    from .runner import LOCAL_OUTPUT, Runner
+
+    options = run_options(args)
+    if getattr(args, "payloads", None):
+        _run_many(args, options)
+        return
+    output = args.output
+    if args.local and output is None:
+        output = str(options.workdir / LOCAL_OUTPUT)
+    with Runner(args.notebook, options) as runner:
+        runner.run(args.input, UrlOutput(output) if output is not None else StreamOutput())
+
+
+def _run_many(args: argparse.Namespace, options: Any) -> None:
     from .errors import UsageError
     from .many import run_many
+    from .runner import Runner
 
     if args.input is not None or args.output is not None or args.workdir is not None:
         raise UsageError("--payloads replaces INPUT, --output and --workdir: use --output-dir")
-    run_args = [
-        "--logging", args.logging,
-        "--upload" if args.upload and not args.local else "--no-upload",
-        "--validate" if args.validate else "--no-validate",
-    ]  # fmt: skip
-    if args.task_name:
-        run_args += ["--task-name", args.task_name]
-    for name, value in args.parameter:
-        run_args += ["-p", name, value]
-    for flag, value in (
-        ("--download-assets", args.download_assets),
-        ("--cell-timeout", args.cell_timeout),
-        ("--timeout", args.timeout),
-    ):
-        if value is not None:
-            run_args += [flag, str(value)]
-    runs = run_many(args.notebook.resolve(), args.payloads, args.output_dir, args.jobs, run_args)
+    with Runner(args.notebook, options) as runner:
+        runs = run_many(runner, args.payloads, args.output_dir, args.jobs, options)
     print(f"{len(runs)} payloads done: outputs in {args.output_dir}/<payload>/", file=sys.stderr)
 
 
@@ -340,15 +352,14 @@ def _inspect(args: argparse.Namespace) -> None:
     print(f"injected by nb2task: {', '.join(reserved) if reserved else 'none'}")
 
 
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(), stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s"
-    )
-    for name in QUIET_LOGGERS:
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # jupyter_client's "could not destroy zmq context" when a kernel client is collected
-    # after its event loop closed: harmless, and it would trail the run's last line.
-    logging.getLogger("traitlets").setLevel(logging.ERROR)
+def _report_html(args: argparse.Namespace) -> None:
+    from .errors import UsageError
+    from .record import render_html
+
+    if not args.executed.is_file():
+        raise UsageError(f"no such executed notebook: {args.executed}")
+    html = render_html(args.executed, args.output, strict=True)
+    print(html)
 
 
 def _report(err: Exception) -> int:
@@ -359,10 +370,10 @@ def _report(err: Exception) -> int:
     if not isinstance(err, Nb2TaskError | InvalidInput):
         # An unexpected error: the traceback helps whoever debugs it.
         logging.getLogger("nb2task").exception("unexpected error")
-    # Whatever could still log (spare kernels, kernel clients awaiting garbage
+    # Whatever could still log (kernels shutting down, kernel clients awaiting garbage
     # collection) goes first: the error line must be the very last line.
-    if "nb2task.engine" in sys.modules:
-        sys.modules["nb2task.engine"].launcher.discard()
+    import gc
+
     gc.collect()
     sys.stdout.flush()
     sys.stderr.flush()

@@ -7,7 +7,10 @@ is an ``Nb2TaskError``.
 
 from __future__ import annotations
 
-from stactask.exceptions import InvalidInput
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stactask.exceptions import InvalidInput
 
 __all__ = [
     "EXIT_FAILED",
@@ -20,6 +23,7 @@ __all__ = [
     "InvalidItemError",
     "Nb2TaskError",
     "NotebookCellError",
+    "NotebookDiedError",
     "NotebookError",
     "OutputError",
     "RunTimeoutError",
@@ -68,6 +72,10 @@ class OutputError(Nb2TaskError):
 
 class RunTimeoutError(Nb2TaskError):
     """The notebook (or one cell) ran longer than its timeout."""
+
+
+class NotebookDiedError(Nb2TaskError):
+    """The process running the notebook died (a signal, ``os._exit``, out of memory)."""
 
 
 class Terminated(Nb2TaskError):
@@ -152,8 +160,20 @@ def with_dotted_name(exc: Exception) -> Exception:
     return clone
 
 
+def __getattr__(name: str) -> Any:
+    # stactask loads in ~0.4 s (boto3, aiohttp): only when its InvalidInput is wanted,
+    # so that the engines (imported by papermill itself) stay light.
+    if name == "InvalidInput":
+        from stactask.exceptions import InvalidInput
+
+        return InvalidInput
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def exit_code(exc: BaseException) -> int:
     """The process exit code for a run that ended with ``exc``."""
+    from stactask.exceptions import InvalidInput
+
     if isinstance(exc, InvalidInput):
         return EXIT_INVALID_INPUT
     if isinstance(exc, UsageError):

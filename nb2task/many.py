@@ -1,22 +1,22 @@
-"""Run one notebook over many payloads, ``--jobs`` at a time.
+"""Run one notebook over many payloads, ``--jobs`` at a time, from one process.
 
-Each payload runs in its own ``nb2task run`` process (papermill changes the working
-directory, and a crash in one run must not take the others down), with its own
-workdir ``<output dir>/<payload stem>/`` holding the output payload, the executed
-notebook and the run's log.
+Every payload goes through the same ``Runner`` (and so the same warm executor: with
+the fork engine, one child per payload of one warm parent) in its own folder
+``<output dir>/<payload stem>/``: the output payload, the executed notebook and the
+payload's own log.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
-import subprocess
-import sys
 from dataclasses import dataclass
-from itertools import repeat
 from pathlib import Path
 
-from .errors import Nb2TaskError
+from . import logs
+from .errors import Nb2TaskError, error_line, exit_code
+from .publish import UrlOutput
+from .runner import Runner, RunOptions
 
 logger = logging.getLogger(__name__)
 
@@ -30,21 +30,32 @@ class PayloadRun:
 
     payload: str
     workdir: Path
-    returncode: int
+    exit_code: int
     last_line: str
 
     @property
     def ok(self) -> bool:
-        return self.returncode == 0
+        return self.exit_code == 0
 
 
 def run_many(
-    notebook: Path, payloads: list[str], output_dir: Path, jobs: int, run_args: list[str]
+    runner: Runner, payloads: list[str], output_dir: Path, jobs: int, options: RunOptions
 ) -> list[PayloadRun]:
-    """Run ``notebook`` on every payload; raise Nb2TaskError naming the ones that failed."""
+    """Run the task on every payload; raise Nb2TaskError naming the ones that failed."""
     workdirs = _workdirs(payloads, output_dir)
-    with concurrent.futures.ThreadPoolExecutor(jobs) as pool:
-        runs = list(pool.map(_run_one, repeat(notebook), payloads, workdirs, repeat(run_args)))
+    logs.quiet_stderr()  # each payload's records go to its run.log; stderr gets one line each
+    with concurrent.futures.ThreadPoolExecutor(jobs, thread_name_prefix="nb2task-run") as pool:
+        futures = [
+            pool.submit(_run_one, runner, payload, workdir, options)
+            for payload, workdir in zip(payloads, workdirs, strict=True)
+        ]
+        for future in concurrent.futures.as_completed(futures):
+            run = future.result()
+            if run.ok:
+                logger.info("%s: ok", run.payload)
+            else:
+                logger.warning("%s: %s", run.payload, run.last_line)
+        runs = [future.result() for future in futures]
     failed = [r for r in runs if not r.ok]
     if failed:
         names = ", ".join(f"{r.payload} ({r.last_line.split(':', 1)[0]})" for r in failed)
@@ -64,15 +75,14 @@ def _workdirs(payloads: list[str], output_dir: Path) -> list[Path]:
     return [output_dir / f"{i:03d}-{stem}" for i, stem in enumerate(stems, 1)]
 
 
-def _run_one(notebook: Path, payload: str, workdir: Path, run_args: list[str]) -> PayloadRun:
+def _run_one(runner: Runner, payload: str, workdir: Path, options: RunOptions) -> PayloadRun:
     workdir.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable, "-m", "nb2task.cli", "run", str(notebook), payload,
-        "--workdir", str(workdir), "--output", str(workdir / OUTPUT_NAME), *run_args,
-    ]  # fmt: skip
-    with (workdir / LOG_NAME).open("w", encoding="utf-8") as log:
-        returncode = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT).returncode
-    lines = (workdir / LOG_NAME).read_text(encoding="utf-8").strip().splitlines()
-    last = lines[-1] if lines else ""
-    logger.info("%s: %s", payload, "ok" if returncode == 0 else last)
-    return PayloadRun(payload, workdir, returncode, last if returncode else "ok")
+    output = UrlOutput(workdir / OUTPUT_NAME)
+    with logs.to_file(workdir / LOG_NAME):
+        try:
+            runner.run(payload, output, options=options.replace(workdir=workdir))
+        except Exception as err:  # noqa: BLE001 - each payload's failure is its own
+            line = error_line(err)
+            logging.getLogger("nb2task").error("%s", line)  # the log's last line
+            return PayloadRun(payload, workdir, exit_code(err), line)
+    return PayloadRun(payload, workdir, 0, "ok")

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import logging
 import re
 from dataclasses import dataclass, field
@@ -24,8 +25,27 @@ logger = logging.getLogger(__name__)
 PARAMETERS_TAG = "parameters"
 SKIP_TAG = "nb2task-skip"
 METADATA_KEY = "nb2task"
-# Task names end up in file names, image names and process[0].tasks keys.
-TASK_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+# Task names end up in process[0].tasks keys, file names, image names and FilmDrop
+# resource names; FilmDrop allows letters, digits and '-' only. One rule everywhere.
+TASK_NAME = re.compile(r"[A-Za-z0-9]+(-[A-Za-z0-9]+)*")
+ENGINES = ("fork", "kernel")
+
+
+def normalise_task_name(stem: str) -> str:
+    """A task name made from a file stem: other characters become '-' (band_ratio →
+    band-ratio)."""
+    return "-".join(part for part in re.split(r"[^A-Za-z0-9]+", stem) if part)
+
+
+def check_task_name(name: str, where: str) -> str:
+    """``name`` if it follows the task-name rule; NotebookError naming ``where`` if not."""
+    if not TASK_NAME.fullmatch(name):
+        hint = normalise_task_name(name)
+        raise NotebookError(
+            f"task name {name!r} ({where}): use letters, digits and single '-' "
+            f"(FilmDrop's rule)" + (f", e.g. {hint!r}" if hint else "")
+        )
+    return name
 
 
 @dataclass(frozen=True)
@@ -86,30 +106,53 @@ class TaskSettings:
     description: str = ""
     download_assets: tuple[str, ...] = ()
     requirements: tuple[str, ...] = ()
+    engine: str | None = None  # None: fork on Linux, kernel for non-Python kernels
+    record_html: bool = False  # render the record as HTML on success too
     lambda_: LambdaSettings = field(default_factory=LambdaSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
 
     @classmethod
-    def from_metadata(cls, metadata: dict[str, Any], default_name: str) -> TaskSettings:
+    def from_metadata(cls, metadata: dict[str, Any], file_stem: str) -> TaskSettings:
         """Settings from a notebook's ``metadata.nb2task`` mapping."""
         if not isinstance(metadata, dict):
             raise NotebookError(f"notebook metadata '{METADATA_KEY}' must be a mapping")
-        known = ("name", "version", "description", "download_assets", "requirements")
-        unknown = sorted(set(metadata) - {*known, "lambda", "batch"})
+        known = (
+            "name", "version", "description", "download_assets", "requirements", "engine",
+            "record_html", "lambda", "batch",
+        )  # fmt: skip
+        unknown = sorted(set(metadata) - set(known))
         if unknown:
             raise NotebookError(
                 f"unknown notebook metadata '{METADATA_KEY}.{unknown[0]}' "
-                f"(known: {', '.join((*known, 'lambda', 'batch'))})"
+                f"(known: {', '.join(known)})"
             )
-        name = str(metadata.get("name") or default_name)
-        if not TASK_NAME.fullmatch(name):
-            raise NotebookError(f"task name {name!r}: use letters, digits, '.', '_' and '-'")
+        if metadata.get("name"):
+            name = check_task_name(
+                str(metadata["name"]), f"notebook metadata '{METADATA_KEY}.name'"
+            )
+        else:
+            name = normalise_task_name(file_stem)
+            if name != file_stem:
+                logger.info("task name %r (from the file name %r)", name, file_stem)
+            check_task_name(name, f"from the file name {file_stem!r}")
+        engine = metadata.get("engine")
+        if engine is not None and engine not in ENGINES:
+            raise NotebookError(
+                f"notebook metadata '{METADATA_KEY}.engine' must be one of: {', '.join(ENGINES)}"
+            )
+        record_html = metadata.get("record_html", False)
+        if not isinstance(record_html, bool):
+            raise NotebookError(
+                f"notebook metadata '{METADATA_KEY}.record_html' must be true or false"
+            )
         return cls(
             name=name,
             version=str(metadata.get("version", "0.1.0")),
             description=str(metadata.get("description", "")),
             download_assets=_str_list(metadata.get("download_assets", ()), "download_assets"),
             requirements=_str_list(metadata.get("requirements", ()), "requirements"),
+            engine=engine,
+            record_html=record_html,
             lambda_=_section(LambdaSettings, metadata.get("lambda"), "lambda"),
             batch=_section(BatchSettings, metadata.get("batch"), "batch"),
         )
@@ -125,6 +168,31 @@ def _str_list(value: Any, key: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
+class Peek:
+    """What must be known of a notebook before anything heavy is imported."""
+
+    engine: str | None
+    kernelspec: dict[str, Any]
+
+
+def peek(path: Path) -> Peek:
+    """The engine setting and kernelspec of a notebook, read as plain JSON (no nbformat,
+    no checks: ``Notebook.load`` reports a broken notebook)."""
+    if path.suffix != ".ipynb":
+        return Peek(None, {})
+    try:
+        metadata = json.loads(path.read_text(encoding="utf-8")).get("metadata", {})
+        settings = metadata.get(METADATA_KEY, {})
+        engine = settings.get("engine") if isinstance(settings, dict) else None
+        spec = metadata.get("kernelspec", {})
+        return Peek(
+            engine if engine in ENGINES else None, dict(spec) if isinstance(spec, dict) else {}
+        )
+    except (OSError, ValueError, AttributeError):
+        return Peek(None, {})
+
+
+@dataclass(frozen=True)
 class Notebook:
     """A notebook file, read once, with what nb2task needs to know of it."""
 
@@ -136,16 +204,24 @@ class Notebook:
 
     @classmethod
     def load(cls, path: str | Path, task_name: str | None = None) -> Notebook:
-        """Read ``path`` and its parameters cell; raise NotebookError if unusable."""
+        """Read ``path`` and its parameters cell; raise NotebookError if unusable.
+        ``task_name`` (``--task-name``) overrides the metadata's name."""
         path = Path(path)
         node = _read(path)
         cell = parameters_cell(node)
         schema = ParameterSchema.from_source(cell.source) if cell else ParameterSchema()
         metadata = node.metadata.get(METADATA_KEY, {})
         if task_name and isinstance(metadata, dict):
+            check_task_name(task_name, "--task-name")
             metadata = {**metadata, "name": task_name}
-        settings = TaskSettings.from_metadata(metadata, default_name=path.stem)
+        settings = TaskSettings.from_metadata(metadata, file_stem=path.stem)
         return cls(path.resolve(), node, schema, settings, has_parameters_cell=cell is not None)
+
+    @property
+    def kernelspec(self) -> dict[str, Any]:
+        """The notebook's kernelspec metadata (empty if it has none)."""
+        spec = self.node.metadata.get("kernelspec", {})
+        return dict(spec) if isinstance(spec, dict) else {}
 
     @property
     def name(self) -> str:

@@ -1,8 +1,8 @@
-"""Read, check and write Cirrus process payloads.
+"""Read and write payloads: local paths, any fsspec URL (``s3://...``), stdin/stdout.
 
-A payload is read from a local path, any fsspec URL (``s3://...``) or stdin; a
-``{"url": ...}`` (or ``{"href": ...}``) indirection is followed once. Checks run
-before any kernel starts, so bad input costs no notebook run.
+I/O only: what a payload must contain is checked by the task (``nb2task.validation``).
+Entry points read a payload with ``load`` (following one ``{"url": ...}``
+indirection, as Cirrus sends large payloads), once; nothing after them dereferences.
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ import json
 import os
 import sys
 import tempfile
-import warnings
 from pathlib import Path
 from typing import IO, Any
 
 from stactask.exceptions import InvalidInput
-from stactask.payload import Payload
 
 from .errors import UsageError
 from .runtime import absolute_href
@@ -45,15 +43,21 @@ def read_json(url: str | Path | None, stdin: IO[str] | None = None) -> Any:
         raise InvalidInput(f"payload {where} is not JSON: {err}") from None
 
 
-def load_payload(url: str | Path | None, stdin: IO[str] | None = None) -> dict[str, Any]:
-    """Read a payload, following one ``{"url": ...}`` indirection. Relative asset hrefs
-    of a local payload file are made absolute against that file's folder. (The task's
-    handler checks the payload.)"""
-    document = read_json(url, stdin)
-    source = indirection(document) or url
-    document = dereference(document)
-    if source is not None and "://" not in str(source):
-        absolutize_local_asset_hrefs(document, Path(source).resolve().parent)
+def load(
+    source: str | Path | dict[str, Any] | None, stdin: IO[str] | None = None
+) -> dict[str, Any]:
+    """The payload at ``source`` (a path or URL; stdin if None; or an already parsed
+    document, as a Lambda event), following one ``{"url": ...}`` indirection. Relative
+    asset hrefs of a local payload file are made absolute against its folder."""
+    document = source if isinstance(source, dict) else read_json(source, stdin)
+    where = None if isinstance(source, dict) else source
+    target = indirection(document)
+    if target is not None:
+        document, where = read_json(target), target
+    if not isinstance(document, dict):
+        raise InvalidInput("a payload must be a JSON object")
+    if where is not None and "://" not in str(where):
+        absolutize_local_asset_hrefs(document, Path(where).resolve().parent)
     return document
 
 
@@ -66,16 +70,6 @@ def indirection(document: Any) -> str | None:
     return None
 
 
-def dereference(document: Any) -> dict[str, Any]:
-    """Follow a ``{"url"}``/``{"href"}`` indirection once, as Cirrus sends large payloads."""
-    target = indirection(document)
-    if target is not None:
-        document = read_json(target)
-    if not isinstance(document, dict):
-        raise InvalidInput("a payload must be a JSON object")
-    return document
-
-
 def absolutize_local_asset_hrefs(document: dict[str, Any], base: Path) -> None:
     """Make relative asset hrefs of the payload's items absolute, against ``base``.
     Runs before the payload is checked, so it steps around anything malformed."""
@@ -85,69 +79,6 @@ def absolutize_local_asset_hrefs(document: dict[str, Any], base: Path) -> None:
         for asset in assets.values() if isinstance(assets, dict) else []:
             if isinstance(asset, dict) and isinstance(asset.get("href"), str):
                 asset["href"] = absolute_href(asset["href"], base)
-
-
-def check_payload(document: dict[str, Any]) -> dict[str, Any]:
-    """Check a payload as stactask and Cirrus will use it; raise InvalidInput if not."""
-    if "features" not in document:
-        hint = ""
-        if "Parameters" in document or "error" in document:
-            hint = " (this looks like a Step Functions/Batch event, not a payload)"
-        raise InvalidInput(f"not a Cirrus process payload: it has no 'features'{hint}")
-    if document.get("type", "FeatureCollection") != "FeatureCollection":
-        raise InvalidInput("a payload must be a FeatureCollection")
-    payload = Payload(document)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        try:
-            payload.validate()
-        except (TypeError, ValueError, KeyError) as err:
-            raise InvalidInput(f"invalid payload: {err}") from None
-        _check_collection_expressions(payload)
-    for index, feature in enumerate(payload.items_as_dicts):
-        _check_feature(index, feature)
-    return document
-
-
-def _check_feature(index: int, feature: Any) -> None:
-    """The structure nb2task relies on; the STAC schema check comes later (``--validate``)."""
-    where = f"payload feature {index}"
-    if not isinstance(feature, dict):
-        raise InvalidInput(f"{where} is not a JSON object")
-    if not isinstance(feature.get("id"), str):
-        raise InvalidInput(f"{where} is not a STAC item: no string 'id'")
-    assets = feature.get("assets", {})
-    if not isinstance(assets, dict):
-        raise InvalidInput(f"{where} ({feature['id']}): 'assets' must be an object")
-    for key, asset in assets.items():
-        if not isinstance(asset, dict) or not isinstance(asset.get("href"), str):
-            raise InvalidInput(f"{where} ({feature['id']}): asset '{key}' has no string 'href'")
-
-
-def _check_collection_expressions(payload: Payload) -> None:
-    """Parse every JSONPath now: stactask would only fail after the notebook ran."""
-    from jsonpath_ng.ext import parser
-
-    expressions: list[tuple[str, Any]] = [
-        (f"upload_options.collections[{name!r}]", expr)
-        for name, expr in payload.collection_mapping.items()
-    ]
-    for index, matcher in enumerate(payload.collection_matchers):
-        kind = matcher.get("type")
-        if kind == "jsonpath":
-            expressions.append((f"collection_matchers[{index}]", matcher.get("pattern")))
-        elif kind != "catch_all":
-            raise InvalidInput(f"collection_matchers[{index}]: unknown type {kind!r}")
-        if not matcher.get("collection_name"):
-            raise InvalidInput(f"collection_matchers[{index}]: no collection_name")
-    for where, expr in expressions:
-        try:
-            parser.parse(expr)
-        except Exception:  # noqa: BLE001 - jsonpath_ng raises several types, none public
-            raise InvalidInput(
-                f"{where}: {expr!r} is not a JSONPath expression "
-                "(stactask 0.7 wants e.g. \"$[?(@.id =~ 'S2.*')]\", not a regex)"
-            ) from None
 
 
 def check_output_url(url: str | Path | None) -> None:

@@ -2,7 +2,8 @@
 
 Kept in the workdir always; with upload on, uploaded next to the outputs (the
 payload's ``path_template`` for the first item) on success and on failure, and
-linked from every output item as assets with the ``nb2task-record`` role.
+linked from every output item as assets with the ``nb2task-record`` role. The HTML
+rendering is made for failed runs, and for successful ones when asked.
 """
 
 from __future__ import annotations
@@ -21,8 +22,14 @@ HTML_ASSET = "executed-notebook-html"
 NOTEBOOK_MEDIA_TYPE = "application/x-ipynb+json"
 
 
-def render_html(notebook_path: Path) -> Path | None:
-    """Render the executed notebook as HTML beside it; None if rendering fails."""
+def render_html(
+    notebook_path: Path, html_path: Path | None = None, strict: bool = False
+) -> Path | None:
+    """Render the executed notebook as HTML (beside it unless ``html_path``); None if
+    rendering fails (an error if ``strict``). Costs ~0.5 s, so a successful run renders
+    only when asked."""
+    from .errors import UsageError
+
     try:
         import nbformat
         from nbconvert import HTMLExporter
@@ -30,9 +37,11 @@ def render_html(notebook_path: Path) -> Path | None:
         node = nbformat.read(notebook_path, as_version=4)  # type: ignore[no-untyped-call]
         body, _ = HTMLExporter().from_notebook_node(node)  # type: ignore[no-untyped-call]
     except Exception as err:  # noqa: BLE001 - a record without HTML is still a record
+        if strict:
+            raise UsageError(f"cannot render {notebook_path}: {err}") from None
         logger.warning("could not render %s as HTML: %s", notebook_path, err)
         return None
-    html_path = notebook_path.with_suffix(".html")
+    html_path = html_path or notebook_path.with_suffix(".html")
     html_path.write_text(body, encoding="utf-8")
     return html_path
 

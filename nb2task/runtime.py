@@ -4,15 +4,17 @@ This module is imported inside the kernel, so it stays light: only the standard
 library at import time; pystac is imported when ``read_items`` is first called.
 
 ``emit`` publishes items as a rich display output with the mimetype
-``EMIT_MIMETYPE``. The executed notebook therefore *is* the record of what was
-emitted, the wrapper harvests it from there (``nb2task.harvest``), and in plain
-Jupyter the same call simply shows what would be emitted.
+``EMIT_MIMETYPE``: in a task run, a reference to a file holding them (in the folder
+``NB2TASK_EMIT_DIR`` names), so that a 400-item output does not bloat the executed
+notebook; elsewhere (plain Jupyter, papermill alone) the items themselves. Either way
+the output says what was emitted, and in Jupyter it shows a summary.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -21,6 +23,9 @@ if TYPE_CHECKING:
     import pystac
 
 EMIT_MIMETYPE = "application/vnd.nb2task.items+json"
+EMIT_DIR_ENV = "NB2TASK_EMIT_DIR"
+EMITTED_FILE = re.compile(r"emitted-\d{4,}\.json")
+SUMMARY_IDS = 20
 
 
 def read_items(path: str | os.PathLike[str]) -> list[pystac.Item]:
@@ -60,7 +65,25 @@ def emit(items: Any) -> None:
             "emit(): NaN and infinity are not valid in STAC JSON; replace them (e.g. with None)"
         ) from None
     document = json.loads(text)
-    _display(document["items"])
+    directory = os.environ.get(EMIT_DIR_ENV)
+    if directory:
+        name = _write_emitted(Path(directory), text)
+        _display({"file": name, "count": len(dicts)}, document["items"])
+    else:
+        _display({"items": document["items"]}, document["items"])
+
+
+def _write_emitted(directory: Path, text: str) -> str:
+    """Write one emit() call's items as the next ``emitted-NNNN.json``; its name."""
+    for number in range(len(list(directory.glob("emitted-*.json"))), 1_000_000):
+        name = f"emitted-{number:04d}.json"
+        try:
+            with (directory / name).open("x", encoding="utf-8") as f:
+                f.write(text)
+            return name
+        except FileExistsError:
+            continue
+    raise RuntimeError("emit(): too many emit() calls in one run")
 
 
 def _as_list(items: Any) -> list[Any]:
@@ -96,14 +119,16 @@ def _json_default(value: Any) -> Any:
 
 def _summary(items: list[dict[str, Any]]) -> str:
     lines = [f"nb2task: emitting {len(items)} item(s)"]
-    for item in items:
+    for item in items[:SUMMARY_IDS]:
         assets = ", ".join(item.get("assets", {}))
         lines.append(f"  {item.get('id')!s}  assets: {assets or '-'}")
+    if len(items) > SUMMARY_IDS:
+        lines.append(f"  ... and {len(items) - SUMMARY_IDS} more")
     return "\n".join(lines)
 
 
-def _display(items: list[dict[str, Any]]) -> None:
-    bundle = {EMIT_MIMETYPE: {"items": items}, "text/plain": _summary(items)}
+def _display(data: dict[str, Any], items: list[dict[str, Any]]) -> None:
+    bundle = {EMIT_MIMETYPE: data, "text/plain": _summary(items)}
     try:
         from IPython import get_ipython
         from IPython.display import display

@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import io
 import json
+import math
 import tokenize
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,6 +90,11 @@ class Parameter:
 
     def check(self, value: Any) -> Any:
         """Return ``value`` (an int widened to float where a number is wanted), or raise."""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise InvalidInput(
+                f"parameter '{self.name}' must be a finite number, got {value!r} "
+                "(NaN and infinity are not JSON)"
+            )
         if not self.types:
             return value
         for json_type in self.types:
@@ -161,25 +167,24 @@ class ParameterSchema:
 
     def resolve(
         self,
-        strict: dict[str, Any],
-        lenient: dict[str, Any] | None = None,
+        task_options: dict[str, Any],
+        workflow_options: dict[str, Any] | None = None,
+        cli: dict[str, str] | None = None,
     ) -> dict[str, Any]:
-        """Check values against the schema and return the ones to inject.
+        """Check the values for a run against the schema; return the ones to inject.
 
-        ``strict`` values (the task's own options, command-line overrides) must name
-        declared parameters. ``lenient`` ones (workflow_options, shared by every task
-        of a workflow) are used where declared and ignored otherwise.
+        ``task_options`` (``process[0].tasks.<name>``) must name declared parameters.
+        ``workflow_options`` are shared by every task of a workflow: used where
+        declared, ignored otherwise. ``cli`` are ``-p NAME VALUE`` strings, parsed by
+        each parameter's type. Later sources win; any problem is InvalidInput.
         """
-        for name in strict:
-            if name in RESERVED:
-                raise InvalidInput(f"parameter '{name}' is reserved: nb2task sets it itself")
-            if self.get(name) is None:
-                declared = ", ".join(self.names) or "none"
-                raise InvalidInput(
-                    f"unknown parameter '{name}' (the notebook declares: {declared})"
-                )
-        merged = {k: v for k, v in (lenient or {}).items() if self.get(k) is not None}
-        merged.update(strict)
+        merged = {k: v for k, v in (workflow_options or {}).items() if self.get(k) is not None}
+        for name, value in task_options.items():
+            self._declared(name, f"parameter '{name}'", "process[0].tasks")
+            merged[name] = value
+        for name, text in (cli or {}).items():
+            param = self._declared(name, f"-p {name}", "-p")
+            merged[name] = param.parse_cli_value(text)
         resolved: dict[str, Any] = {}
         for param in self.parameters:
             if param.name in merged:
@@ -190,6 +195,20 @@ class ParameterSchema:
                     "set it in process[0].tasks or workflow_options"
                 )
         return resolved
+
+    def _declared(self, name: str, label: str, source: str) -> Parameter:
+        """The parameter ``name``; InvalidInput if it is reserved or undeclared."""
+        if name in RESERVED:
+            how = "use --workdir" if name == "workdir" else "it is the run's input payload"
+            if source == "-p":
+                raise InvalidInput(f"{label}: '{name}' is reserved: nb2task sets it ({how})")
+            raise InvalidInput(f"{label} is reserved: nb2task sets it itself")
+        param = self.get(name)
+        if param is None:
+            declared = ", ".join(self.names) or "none"
+            prefix = f"{label}: unknown parameter" if source == "-p" else f"unknown {label}"
+            raise InvalidInput(f"{prefix} (the notebook declares: {declared})")
+        return param
 
     def json_schema(self, title: str = "") -> dict[str, Any]:
         """The schema as JSON Schema (draft 2020-12) for the task's parameters."""

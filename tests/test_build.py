@@ -134,7 +134,11 @@ def test_flags_override_metadata_and_warn_for_lambda(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("metadata", "requirements", "message"),
     [
-        ({"name": "bad_name"}, None, "task name 'bad_name' must use only letters, digits and '-'"),
+        (
+            {"name": "bad_name"},
+            None,
+            "task name 'bad_name' (notebook metadata 'nb2task.name'): use letters, digits",
+        ),
         (
             {"lambda": {"memory_mb": "lots"}},
             None,

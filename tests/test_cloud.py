@@ -130,7 +130,7 @@ def test_run_record_uploaded_and_linked_on_success(s3: Any, bucket: str, writer:
     payload = make_payload(
         upload_options={"path_template": f"s3://{bucket}/${{collection}}/${{id}}", "s3_urls": True}
     )
-    result = run_cli("run", writer, write_json("in.json", payload))
+    result = run_cli("run", writer, write_json("in.json", payload), "--html")
     assert result.returncode == 0, result.stderr
     [item] = json.loads(result.stdout)["features"]
     record = item["assets"]["executed-notebook"]

@@ -40,6 +40,10 @@ def test_ndvi_example_writes_a_derived_cog(tmp_path: Path) -> None:
     kept = ndvi[np.isfinite(ndvi)]
     assert kept.size and kept.min() >= 0.3 and kept.max() <= 1.0
     assert (out_dir / "ndvi.executed.ipynb").exists()
+    # A successful run renders no HTML unless asked (it costs ~0.5 s): report does it.
+    assert not (out_dir / "ndvi.executed.html").exists()
+    report = run_cli("report", out_dir / "ndvi.executed.ipynb")
+    assert report.returncode == 0, report.stderr
     assert "<html" in (out_dir / "ndvi.executed.html").read_text()
 
 

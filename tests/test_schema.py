@@ -61,10 +61,15 @@ def test_json_schema(schema: ParameterSchema) -> None:
 
 def test_resolve_precedence_and_widening(schema: ParameterSchema) -> None:
     resolved = schema.resolve(
-        strict={"threshold": 1, "count": 3}, lenient={"threshold": 0.9, "scale": 5, "other": 1}
+        {"threshold": 1, "count": 3}, {"threshold": 0.9, "scale": 5, "other": 1}
     )
     assert resolved == {"threshold": 1.0, "count": 3, "scale": 5}
     assert isinstance(resolved["threshold"], float)
+    # -p strings are parsed by each parameter's type and win over the payload.
+    assert schema.resolve({"count": 3}, {}, {"threshold": "0.5", "count": "4"}) == {
+        "threshold": 0.5,
+        "count": 4,
+    }
 
 
 @pytest.mark.parametrize(
@@ -77,18 +82,38 @@ def test_resolve_precedence_and_widening(schema: ParameterSchema) -> None:
         ({"count": 1, "threshold": "high"}, "parameter 'threshold' must be number"),
         ({"count": 1, "label": 5}, "parameter 'label' must be string | null"),
         ({"count": 1, "payload": "x"}, "parameter 'payload' is reserved"),
+        ({"count": float("nan")}, "parameter 'count' must be a finite number"),
+        ({"count": 1, "threshold": float("inf")}, "parameter 'threshold' must be a finite"),
     ],
 )
 def test_resolve_errors_name_the_parameter(
     schema: ParameterSchema, strict: dict[str, object], message: str
 ) -> None:
     with pytest.raises(InvalidInput, match=message.replace("|", r"\|")):
-        schema.resolve(strict=strict)
+        schema.resolve(strict)
+
+
+@pytest.mark.parametrize(
+    ("cli", "message"),
+    [
+        ({"nope": "1"}, "-p nope: unknown parameter (the notebook declares: "),
+        ({"count": "1.5"}, "parameter 'count' must be integer, got float 1.5"),
+        ({"workdir": "/x"}, "-p workdir: 'workdir' is reserved: nb2task sets it (use --workdir)"),
+        ({"payload": "/x"}, "-p payload: 'payload' is reserved: nb2task sets it (it is the run"),
+        ({"threshold": "NaN"}, "parameter 'threshold' must be a finite number, got nan"),
+    ],
+)
+def test_cli_parameter_errors_are_invalid_input(
+    schema: ParameterSchema, cli: dict[str, str], message: str
+) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        schema.resolve({"count": 1}, {}, cli)
+    assert str(raised.value).startswith(message)
 
 
 def test_lenient_unknown_names_are_ignored(schema: ParameterSchema) -> None:
     # workflow_options are shared by every task of a workflow.
-    assert schema.resolve(strict={"count": 1}, lenient={"for_another_task": 1}) == {"count": 1}
+    assert schema.resolve({"count": 1}, {"for_another_task": 1}) == {"count": 1}
 
 
 def test_cli_values_parse_by_type(schema: ParameterSchema) -> None:

@@ -1,0 +1,180 @@
+"""The path every entry point shares: options → task → outputs published → output written.
+
+``RunOptions`` is what a run is asked (the CLI, the Lambda handler, ``--payloads`` and
+the bench build one). ``Runner`` holds one notebook task and its executor, warm across
+payloads, and runs a payload through stactask's handler, then publishes: outputs
+uploaded, the record kept, the output payload written; on failure nothing but the
+record. ``Workspace`` owns the work directory's lifetime.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from .engines import Executor, Limits, choose_engine, create_executor
+from .notebook import peek
+
+if TYPE_CHECKING:
+    from .publish import Output
+    from .task import NotebookTask
+
+logger = logging.getLogger(__name__)
+
+LOCAL_WORKDIR = "local-output"
+LOCAL_OUTPUT = "output-payload.json"
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run a notebook task: stactask's run options, plus nb2task's own."""
+
+    workdir: Path | None = None  # kept; a temporary one if None
+    save_workdir: bool | None = None  # keep a temporary workdir too
+    upload: bool = True
+    validate: bool = True  # the STAC schema of input and output items
+    task_name: str | None = None
+    parameters: tuple[tuple[str, str], ...] = ()  # -p NAME VALUE, parsed by the schema
+    download_assets: str | None = None  # comma-separated keys, '*' for all
+    cell_timeout: float | None = None
+    timeout: float | None = None
+    engine: str | None = None  # fork | kernel; None: the notebook's setting or default
+    html: bool | None = None  # render the record as HTML on success too
+
+    @classmethod
+    def local(cls, workdir: Path | None = None, **options: Any) -> RunOptions:
+        """stactask's ``--local``: workdir ``local-output/`` (kept), no upload."""
+        return cls(
+            workdir=workdir or Path(LOCAL_WORKDIR), save_workdir=True, upload=False, **options
+        )
+
+    def replace(self, **changes: Any) -> RunOptions:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def limits(self) -> Limits:
+        return Limits(self.cell_timeout, self.timeout)
+
+
+class Workspace:
+    """A run's work directory: given (kept) or temporary (removed once nothing in it is
+    needed: after upload; a failed run keeps its executed notebook)."""
+
+    def __init__(self, workdir: Path | None, save: bool | None) -> None:
+        self.temporary = workdir is None
+        self.path = Path(tempfile.mkdtemp(prefix="nb2task-")) if workdir is None else workdir
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.path = self.path.resolve()
+        self.keep = bool(save) or not self.temporary
+
+    def close(self, *, upload: bool, record: Path, record_uploaded: bool) -> None:
+        """Remove what need not stay: with upload on, everything but a record that could
+        not be uploaded; with upload off, nothing (the output payload points here)."""
+        if self.keep or not self.path.exists():
+            return
+        if not upload:
+            logger.info("outputs kept in %s (upload is off)", self.path)
+            return
+        if record_uploaded or not record.exists():
+            shutil.rmtree(self.path, ignore_errors=True)
+            return
+        for child in self.path.iterdir():
+            if child == record:
+                continue
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
+        logger.info("executed notebook kept at %s", record)
+
+
+class Runner:
+    """A notebook task ready for payloads, with its executor kept warm between them."""
+
+    def __init__(self, notebook: str | Path, options: RunOptions = RunOptions()) -> None:
+        self.options = options
+        # The engine starts warming up first: its imports overlap stactask's below.
+        settings = peek(Path(notebook))
+        engine = choose_engine(options.engine, settings.engine, settings.kernelspec)
+        self.executor: Executor = create_executor(
+            engine, Path(notebook).resolve(), settings.kernelspec
+        )
+        self.executor.prepare()
+        from .task import NotebookTask
+
+        try:
+            self.task_class: type[NotebookTask] = NotebookTask.for_notebook(
+                notebook, options.task_name
+            )
+        except BaseException:
+            self.executor.close()
+            raise
+
+    @property
+    def name(self) -> str:
+        return self.task_class.name
+
+    def close(self) -> None:
+        self.executor.close()
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(
+        self,
+        source: str | Path | dict[str, Any] | None,
+        output: Output,
+        *,
+        options: RunOptions | None = None,
+        stdin: IO[str] | None = None,
+    ) -> dict[str, Any]:
+        """Run the task on the payload at ``source`` (path, URL, stdin if None, or a
+        parsed event); write the output payload to ``output`` and return what it returns."""
+        from . import payload as payload_io
+        from .publish import Publication
+
+        options = options or self.options
+        output.check()
+        document = payload_io.load(source, stdin)
+        workspace = Workspace(options.workdir, options.save_workdir)
+        html = (
+            options.html
+            if options.html is not None
+            else self.task_class.notebook.settings.record_html
+        )
+        publication = Publication(document, options.upload, html, output.record_prefix)
+        record = workspace.path / f"{self.name}.executed.ipynb"
+        try:
+            result = self.task_class.handler(
+                document,
+                workdir=workspace.path,
+                save_workdir=True,  # the workspace decides, after publishing
+                upload=options.upload,
+                validate=options.validate,
+                executor=self.executor,
+                cli_parameters=dict(options.parameters),
+                download_assets=options.download_assets,
+                limits=options.limits,
+            )
+            features = publication.upload_outputs(list(result["features"]))
+            if record.exists():
+                publication.publish_record(record, features)
+            return output.write({**result, "features": features})
+        except BaseException:
+            publication.rollback()
+            publication.publish_failure_record(record)
+            raise
+        finally:
+            workspace.close(
+                upload=options.upload,
+                record=record,
+                record_uploaded=publication.record_uploaded,
+            )
