@@ -279,7 +279,7 @@ def _override(settings: Any, overrides: dict[str, Any]) -> Any:
 
 def _write_clean_notebook(notebook: Notebook, path: Path) -> None:
     """The notebook as it runs in the image: no skip cells, no outputs, stable cell ids."""
-    node = notebook.runnable()
+    node = nbformat.from_dict(notebook.runnable())  # type: ignore[no-untyped-call]
     for index, cell in enumerate(node.cells):
         cell["id"] = cell.get("id") or f"cell-{index}"
         if cell.cell_type == "code":

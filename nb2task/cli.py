@@ -274,7 +274,6 @@ def run_options(args: argparse.Namespace) -> Any:
 
 
 def _run(args: argparse.Namespace) -> None:
-    from .publish import StreamOutput, UrlOutput
     from .runner import LOCAL_OUTPUT, Runner
 
     options = run_options(args)
@@ -284,7 +283,10 @@ def _run(args: argparse.Namespace) -> None:
     output = args.output
     if args.local and output is None:
         output = str(options.workdir / LOCAL_OUTPUT)
+    # The runner first: its engine starts warming up before stactask loads (~0.5 s).
     with Runner(args.notebook, options) as runner:
+        from .publish import StreamOutput, UrlOutput
+
         runner.run(args.input, UrlOutput(output) if output is not None else StreamOutput())
 
 

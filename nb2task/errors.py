@@ -170,6 +170,13 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
+def invalid_input(message: str) -> InvalidInput:
+    """stactask's InvalidInput, for modules that must not load stactask until it is raised."""
+    from stactask.exceptions import InvalidInput
+
+    return InvalidInput(message)
+
+
 def exit_code(exc: BaseException) -> int:
     """The process exit code for a run that ended with ``exc``."""
     from stactask.exceptions import InvalidInput

@@ -16,9 +16,7 @@ import tokenize
 from dataclasses import dataclass, field
 from typing import Any
 
-from stactask.exceptions import InvalidInput
-
-from .errors import NotebookError
+from .errors import NotebookError, invalid_input
 
 RESERVED = ("payload", "workdir")
 
@@ -91,7 +89,7 @@ class Parameter:
     def check(self, value: Any) -> Any:
         """Return ``value`` (an int widened to float where a number is wanted), or raise."""
         if isinstance(value, float) and not math.isfinite(value):
-            raise InvalidInput(
+            raise invalid_input(
                 f"parameter '{self.name}' must be a finite number, got {value!r} "
                 "(NaN and infinity are not JSON)"
             )
@@ -100,7 +98,7 @@ class Parameter:
         for json_type in self.types:
             if _is_json_type(value, json_type):
                 return float(value) if json_type == "number" else value
-        raise InvalidInput(
+        raise invalid_input(
             f"parameter '{self.name}' must be {self.type_label}, "
             f"got {type(value).__name__} {value!r}"
         )
@@ -190,7 +188,7 @@ class ParameterSchema:
             if param.name in merged:
                 resolved[param.name] = param.check(merged[param.name])
             elif param.required:
-                raise InvalidInput(
+                raise invalid_input(
                     f"missing parameter '{param.name}' ({param.type_label}): "
                     "set it in process[0].tasks or workflow_options"
                 )
@@ -201,13 +199,13 @@ class ParameterSchema:
         if name in RESERVED:
             how = "use --workdir" if name == "workdir" else "it is the run's input payload"
             if source == "-p":
-                raise InvalidInput(f"{label}: '{name}' is reserved: nb2task sets it ({how})")
-            raise InvalidInput(f"{label} is reserved: nb2task sets it itself")
+                raise invalid_input(f"{label}: '{name}' is reserved: nb2task sets it ({how})")
+            raise invalid_input(f"{label} is reserved: nb2task sets it itself")
         param = self.get(name)
         if param is None:
             declared = ", ".join(self.names) or "none"
             prefix = f"{label}: unknown parameter" if source == "-p" else f"unknown {label}"
-            raise InvalidInput(f"{prefix} (the notebook declares: {declared})")
+            raise invalid_input(f"{prefix} (the notebook declares: {declared})")
         return param
 
     def json_schema(self, title: str = "") -> dict[str, Any]:

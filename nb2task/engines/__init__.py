@@ -13,7 +13,6 @@ import json
 import logging
 import shutil
 import tempfile
-import time
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -39,7 +38,7 @@ class Limits:
 class Execution:
     """One run of a notebook: the executed notebook and the items it emitted."""
 
-    notebook: Any  # nbformat.NotebookNode, also saved where execute() was told
+    notebook: Any  # the executed nbformat.NotebookNode (None where it stayed elsewhere)
     items: list[dict[str, Any]]
     stats: dict[str, Any] = field(default_factory=dict)
 
@@ -73,11 +72,6 @@ class Executor(ABC):
         self.close()
 
     @abstractmethod
-    def _session(
-        self, cwd: Path, limits: Limits, stats: dict[str, Any]
-    ) -> contextlib.AbstractContextManager[tuple[dict[str, Any], Path]]:
-        """A run's engine arguments for papermill and the folder emitted items go to."""
-
     def execute(
         self,
         node: Any,
@@ -88,41 +82,21 @@ class Executor(ABC):
         limits: Limits = Limits(),
         log_output: bool = True,
     ) -> Execution:
-        """Run ``node`` with ``parameters`` injected. The executed notebook is saved to
-        ``output_path`` after every cell, and kept there whether the run succeeds or not.
-        Raise NotebookCellError (a cell raised), RunTimeoutError or NotebookDiedError."""
-        import papermill
-        from papermill.exceptions import PapermillExecutionError
+        """Run ``node`` (the notebook as JSON) with ``parameters`` injected, in ``cwd``.
+        The executed notebook is saved to ``output_path`` after every cell, and kept
+        there whether the run succeeds or not. Raise NotebookCellError (a cell raised),
+        RunTimeoutError, NotebookDiedError or InvalidItemError (what it emitted)."""
 
-        from ..errors import NotebookCellError
-        from . import registry
 
-        registry.use_schema_translator()
+def papermill_registry() -> Any:
+    """``nb2task.engines.registry``, the papermill side, loaded after papermill itself:
+    papermill loads that module from its engine entry points while it initialises, so
+    importing the module first would find it half-defined."""
+    import papermill  # noqa: F401 - first, see above
 
-        stats: dict[str, Any] = {"engine": self.name}
-        started = time.perf_counter()
-        with self._session(cwd, limits, stats) as (engine_kwargs, emit_dir):
-            try:
-                executed = papermill.execute_notebook(
-                    node,
-                    str(output_path),
-                    parameters=parameters,
-                    engine_name=self.papermill_engine,
-                    kernel_name=self.kernel_name,
-                    language=self.language,
-                    progress_bar=False,
-                    log_output=log_output,
-                    execution_timeout=limits.cell_timeout,
-                    notebook_path=str(self.notebook_path or ""),
-                    **engine_kwargs,
-                )
-            except PapermillExecutionError as err:
-                raise NotebookCellError(
-                    err.ename, err.evalue, err.cell_index, err.exec_count, err.source
-                ) from None
-            items = read_emitted(executed, emit_dir)
-        stats["seconds"] = round(time.perf_counter() - started, 4)
-        return Execution(executed, items, stats)
+    from . import registry
+
+    return registry
 
 
 @contextlib.contextmanager

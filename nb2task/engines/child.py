@@ -27,7 +27,6 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 from IPython.core.compilerop import CachingCompiler
@@ -339,7 +338,49 @@ def _pump(stop: threading.Event) -> None:
             return
 
 
-def serve(shell: KernelLikeShell, sock: socket.socket, run_id: str) -> None:
+EXIT_CRASHED = 70  # the child's own machinery failed (not the notebook)
+
+
+def become_child(
+    shell: KernelLikeShell, sock: socket.socket, cwd: str, env: dict[str, str]
+) -> None:
+    """In a freshly forked process: become the payload's child and serve its cells, then
+    exit (never returns). It gets its own session and process group (killed whole when
+    the run ends); it is a subreaper, so processes it starts that escape to a session of
+    their own still come back to it, and to the run's cleanup, when orphaned."""
+    code = EXIT_CRASHED
+    try:
+        os.setsid()
+        set_child_subreaper()
+        os.chdir(cwd or ".")
+        os.environ.update(env)
+        sys.argv = [""]
+        serve(shell, sock)
+        code = 0
+    except BaseException:  # noqa: BLE001 - report and leave: the parent sees the exit
+        with contextlib.suppress(Exception):
+            import traceback
+
+            os.write(2, traceback.format_exc().encode())
+    finally:
+        os._exit(code)
+
+
+PR_SET_CHILD_SUBREAPER = 36
+
+
+def set_child_subreaper() -> bool:
+    """Orphaned descendants come back to this process instead of init (Linux)."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
+    except (OSError, AttributeError):
+        return False
+
+
+def serve(shell: KernelLikeShell, sock: socket.socket) -> None:
     """The forked child's life: run cells received on ``sock`` until told to stop."""
     channel = Channel(sock)
     _capture_descriptors(channel)
@@ -347,7 +388,7 @@ def serve(shell: KernelLikeShell, sock: socket.socket, run_id: str) -> None:
     stop = threading.Event()
     threading.Thread(target=_pump, args=(stop,), name="nb2task-output", daemon=True).start()
     reader = protocol.Reader(sock)
-    channel.send({"op": "hello", "pid": os.getpid(), "run": run_id})
+    channel.send({"op": "hello", "pid": os.getpid()})
     while True:
         try:
             message = reader.read()
@@ -391,6 +432,3 @@ def _execute(shell: KernelLikeShell, channel: Channel, code: str) -> None:
             traceback=shell._last_traceback or [],
         )
     channel.send(reply)
-
-
-Serve = Callable[[KernelLikeShell, socket.socket, str], None]

@@ -17,11 +17,12 @@ import shutil
 import subprocess
 import tempfile
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import EMIT_DIR_ENV, Executor, Limits, describe_exit
+from . import EMIT_DIR_ENV, Execution, Executor, Limits, describe_exit
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +169,51 @@ class KernelExecutor(Executor):
 
     def close(self) -> None:
         self.launcher.discard()
+
+    def execute(
+        self,
+        node: Any,
+        parameters: dict[str, Any],
+        *,
+        output_path: Path,
+        cwd: Path,
+        limits: Limits = Limits(),  # noqa: B008 - frozen, shared safely
+        log_output: bool = True,
+    ) -> Execution:
+        import nbformat
+        import papermill
+        from papermill.exceptions import PapermillExecutionError
+
+        from ..errors import NotebookCellError
+        from . import papermill_registry, read_emitted
+
+        registry = papermill_registry()
+        registry.use_schema_translator()
+
+        stats: dict[str, Any] = {"engine": self.name}
+        started = time.perf_counter()
+        with self._session(cwd, limits, stats) as (engine_kwargs, emit_dir):
+            try:
+                executed = papermill.execute_notebook(
+                    nbformat.from_dict(node),  # type: ignore[no-untyped-call]
+                    str(output_path),
+                    parameters=parameters,
+                    engine_name=self.papermill_engine,
+                    kernel_name=self.kernel_name,
+                    language=self.language,
+                    progress_bar=False,
+                    log_output=log_output,
+                    execution_timeout=limits.cell_timeout,
+                    notebook_path=str(self.notebook_path or ""),
+                    **engine_kwargs,
+                )
+            except PapermillExecutionError as err:
+                raise NotebookCellError(
+                    err.ename, err.evalue, err.cell_index, err.exec_count, err.source
+                ) from None
+            items = read_emitted(executed, emit_dir)
+        stats["seconds"] = round(time.perf_counter() - started, 4)
+        return Execution(executed, items, stats)
 
     @contextlib.contextmanager
     def _session(

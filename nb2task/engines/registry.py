@@ -4,13 +4,16 @@ Both engines are registered in papermill's engine registry (here, and as
 ``papermill.engine`` entry points), so ``papermill.execute_notebook(...,
 engine_name="nb2task-fork")`` drives them: papermill injects the parameters, adds the
 error banner and saves; the engines only run cells. This module stays light: papermill
-imports it when it loads its entry points.
+imports it when it loads its entry points, and it must be imported after papermill:
+use ``nb2task.engines.papermill_registry()``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -91,13 +94,13 @@ class KernelEngine(RecordingEngine, NBClientEngine):  # type: ignore[misc]
 
 
 class ForkEngine(RecordingEngine):
-    """papermill engine: runs the cells in a child of the warm parent.
+    """papermill engine: runs the cells in a forked child (``nb2task.engines.cells``).
 
-    Engine arguments (through ``papermill.execute_notebook``): ``zygote`` (a warm
-    ``fork.ZygoteProcess``; one is started and stopped for this run if omitted), ``run_cwd``,
-    ``run_env`` (environment the child adds), ``execution_timeout`` (seconds per
-    cell), ``run_timeout`` (seconds the whole run may take),
-    ``run_stats`` (a dict that receives the child's pid and private memory).
+    Engine arguments (through ``papermill.execute_notebook``): ``child`` (a started
+    ``cells.Child``, as a run leader passes it; without one, a warm parent is started
+    for this run alone and forks it), ``run_cwd`` and ``run_env`` (for such a child),
+    ``execution_timeout`` (seconds per cell), ``run_timeout`` (seconds the whole run may
+    take), ``run_stats`` (a dict that receives the child's pid and private memory).
     """
 
     @classmethod
@@ -115,26 +118,53 @@ class ForkEngine(RecordingEngine):
         kernel_name: str,
         log_output: bool = False,
         execution_timeout: float | None = None,
-        zygote: Any = None,
+        child: Any = None,
         run_cwd: str | Path | None = None,
         run_env: dict[str, str] | None = None,
         run_timeout: float | None = None,
         run_stats: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
-        from . import fork
+        from contextlib import ExitStack
 
-        fork.run_cells(
-            nb_man,
-            zygote=zygote,
-            cwd=Path(run_cwd or os.getcwd()),
-            env=dict(run_env or {}),
-            log_output=log_output,
-            cell_timeout=execution_timeout,
-            timeout=run_timeout,
-            stats=run_stats if run_stats is not None else {},
-        )
+        from . import cells
+
+        with ExitStack() as stack:
+            if child is None:
+                child = stack.enter_context(_child_of_a_new_warm_parent(run_cwd, run_env))
+            cells.run_cells(
+                nb_man,
+                child,
+                log_output=log_output,
+                cell_timeout=execution_timeout,
+                timeout=run_timeout,
+                stats=run_stats if run_stats is not None else {},
+            )
         return nb_man.nb
+
+
+@contextmanager
+def _child_of_a_new_warm_parent(
+    cwd: str | Path | None, env: dict[str, str] | None
+) -> Iterator[Any]:
+    """A child forked for this run by a warm parent started for it (papermill running
+    the engine outside nb2task: its own process may have threads, so it does not fork)."""
+    import socket
+
+    from .cells import RemoteChild
+    from .zygote import ZygoteProcess
+
+    zygote = ZygoteProcess()
+    ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        run_id, pid = zygote.start(
+            "cells", theirs, cwd=str(cwd or os.getcwd()), env=dict(env or {})
+        )
+        theirs.close()
+        yield RemoteChild(zygote, ours, pid, run_id)
+    finally:
+        theirs.close()
+        zygote.close()
 
 
 @lru_cache(maxsize=64)

@@ -1,18 +1,20 @@
-"""The warm parent of the fork engine: imports once, then forks one child per payload.
+"""The warm parent: a process that imports once, then forks one run per payload.
 
-Run as ``python -m nb2task.engines.zygote --control-fd N [--notebook PATH]`` by
-``nb2task.engines.fork``. It warms up (IPython's shell, pystac, ``nb2task.runtime``
-and, best-effort, the notebook's own top-level imports), freezes the heap for the
-garbage collector, and then serves requests on its control socket:
+Run as ``python -m nb2task.engines.zygote --control-fd N [--notebook PATH]``; used
+through ``ZygoteProcess`` (its handle, below). It warms up: IPython's shell, papermill
+and nbformat with the fork engine, pystac, ``nb2task.runtime`` and, best-effort, the
+notebook's own top-level imports; then it freezes its heap for the garbage collector
+and serves requests on its control socket:
 
-- ``fork`` (with a socket passed along): fork a child that runs the payload's cells
-  on that socket (``nb2task.engines.child.serve``);
+- ``run`` (a socket passed along): fork a run leader (``leader``) for one payload;
+- ``cells`` (a socket passed along): fork a child that runs cells on it (``child``),
+  for papermill running the fork engine outside nb2task;
 - ``kill``: SIGKILL a run's process group;
-- and it reports ``exited`` for every child it reaps.
+- and it reports ``exited`` for every process it reaps.
 
 It stays single-threaded, with no event loop, so that forking it is safe. When a run
 ends, nothing it started stays: its process group is killed, and processes that
-escaped it (a new session) come back to this process, a subreaper, and are killed.
+escaped it come back to this process, a subreaper, and are killed.
 """
 
 from __future__ import annotations
@@ -23,33 +25,33 @@ import contextlib
 import gc
 import importlib
 import importlib.util
+import itertools
 import json
 import os
+import queue
 import signal
 import socket
+import subprocess
 import sys
+import tempfile
 import threading
 import time
-import traceback
 from pathlib import Path
 from typing import Any
 
-PR_SET_CHILD_SUBREAPER = 36
-# What every notebook task imports: warm in the parent, free in each child.
-BASE_IMPORTS = ("nb2task.runtime", "pystac", "json", "pathlib")
+from . import describe_exit, protocol
+
+READY_TIMEOUT_S = 120  # the warm-up imports the notebook's own modules
+FORK_TIMEOUT_S = 30
+EXIT_TIMEOUT_S = 10
 MAX_CONTROL_MESSAGE = 1 << 16
-EXIT_CHILD_CRASHED = 70  # the child's own machinery failed (not the notebook)
-
-
-def set_child_subreaper() -> bool:
-    """Orphaned descendants come back to this process instead of init (Linux)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
+# What every run needs, warm in the parent and free in each child.
+# (papermill before our registry: papermill loads that module itself, from its entry points.)
+BASE_IMPORTS = (
+    "papermill", "nbformat", "nb2task.engines.registry", "nb2task.engines.leader",
+    "nb2task.schema", "nb2task.runtime", "pystac",
+)  # fmt: skip
+_run_ids = itertools.count(1)
 
 
 def notebook_imports(path: Path) -> list[str]:
@@ -95,9 +97,7 @@ def _is_installed_package(module: str, notebook_dir: Path | None) -> bool:
     if spec is None:
         return False
     origin = spec.origin or (list(spec.submodule_search_locations or []) or [""])[0]
-    if not origin or origin in ("built-in", "frozen"):
-        return True
-    if notebook_dir is None:
+    if not origin or origin in ("built-in", "frozen") or notebook_dir is None:
         return True
     try:
         Path(origin).resolve().relative_to(notebook_dir)
@@ -115,7 +115,7 @@ def native_threads() -> int:
 
 
 def warm_up(modules: list[str], skip: set[str], notebook_dir: Path | None) -> dict[str, Any]:
-    """Import what the children will need; return what was imported and what was not.
+    """Import what the runs will need; return what was imported and what was not.
 
     A module that starts a Python thread at import makes the parent unsafe to fork:
     this process then restarts itself without that module.
@@ -144,6 +144,7 @@ def warm_up(modules: list[str], skip: set[str], notebook_dir: Path | None) -> di
     # Warm what every run touches, not only imports.
     shell.run_cell("None", store_history=False, silent=True)  # type: ignore[no-untyped-call]
     exercise_runtime()
+    exercise_papermill()
     gc.collect()
     gc.freeze()  # forked children share these pages instead of copying them on GC
     return {
@@ -183,6 +184,28 @@ def exercise_runtime() -> None:
                 json.dumps(item.to_dict(transform_hrefs=False))
 
 
+def exercise_papermill() -> None:
+    """Parameterize and serialise a small notebook once: nbformat compiles its schema
+    validator on first use (~30 ms), which every run would otherwise pay."""
+    with contextlib.suppress(Exception):
+        import nbformat
+        from nbformat.v4 import new_code_cell, new_notebook
+        from papermill.parameterize import parameterize_notebook
+
+        from . import papermill_registry
+
+        registry = papermill_registry()
+        registry.use_schema_translator()
+        cell = new_code_cell("a = 1")  # type: ignore[no-untyped-call]
+        cell.metadata["tags"] = ["parameters"]
+        nb = new_notebook(cells=[cell, new_code_cell("a")])  # type: ignore[no-untyped-call]
+        nb.metadata["papermill"] = {}
+        nb = parameterize_notebook(
+            nb, {"a": 2}, kernel_name="python3", language="python", engine_name=registry.FORK_ENGINE
+        )
+        nbformat.writes(nb)  # type: ignore[no-untyped-call]
+
+
 def _restart_without(module: str, skip: set[str]) -> None:
     argv = [a for a in sys.argv[1:]]
     argv += ["--skip", module]
@@ -199,7 +222,7 @@ class Zygote:
     def __init__(self, control: socket.socket, shell: Any) -> None:
         self.control = control
         self.shell = shell
-        self.runs: dict[int, str] = {}  # child pid -> run id
+        self.runs: dict[int, str] = {}  # pid of a forked process -> its run id
         self.wake_r, wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(wake_w, False)
@@ -230,49 +253,48 @@ class Zygote:
 
     def handle(self, request: dict[str, Any], fds: list[int]) -> None:
         op = request.get("op")
-        if op == "fork":
+        if op in ("run", "cells") and fds:
             self.fork(request, fds[0])
-            for fd in fds[1:]:
-                os.close(fd)
+            fds = fds[1:]
         elif op == "kill":
-            run = request.get("run")
             for pid, run_id in self.runs.items():
-                if run_id == run:
+                if run_id == request.get("run"):
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(pid, signal.SIGKILL)
-        elif op == "ping":
-            self.send({"op": "pong"})
+        for fd in fds:
+            os.close(fd)
 
     def fork(self, request: dict[str, Any], fd: int) -> None:
-        run_id = str(request["run"])
         pid = os.fork()
         if pid == 0:
-            self._become_child(request, fd)  # never returns
+            self._become(request, fd)  # never returns
         os.close(fd)
-        self.runs[pid] = run_id
-        self.send({"op": "forked", "run": run_id, "pid": pid})
+        self.runs[pid] = str(request["run"])
+        self.send({"op": "forked", "run": request["run"], "pid": pid})
 
-    def _become_child(self, request: dict[str, Any], fd: int) -> None:
-        code = EXIT_CHILD_CRASHED
+    def _become(self, request: dict[str, Any], fd: int) -> None:
+        """In the forked process: drop the parent's machinery, then serve the request."""
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        self.control.close()
+        os.close(self.wake_r)
+        os.close(self._wake_w)
+        sock = socket.socket(fileno=fd)
+        from . import child
+
+        if request["op"] == "cells":
+            child.become_child(self.shell, sock, str(request.get("cwd") or "."), request["env"])
+        code = child.EXIT_CRASHED
         try:
-            signal.set_wakeup_fd(-1)
-            signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-            self.control.close()
-            os.close(self.wake_r)
-            os.close(self._wake_w)
-            os.setsid()  # its own process group: killed whole when the run ends
-            set_child_subreaper()  # escaped grandchildren come back here while it runs
-            os.chdir(request.get("cwd") or ".")
-            os.environ.update({str(k): str(v) for k, v in (request.get("env") or {}).items()})
-            for name in request.get("unset_env") or []:
-                os.environ.pop(str(name), None)
-            sys.argv = [""]
-            from . import child
+            os.setsid()  # its own process group: killed whole if the run must stop
+            from . import leader
 
-            child.serve(self.shell, socket.socket(fileno=fd), str(request["run"]))
+            leader.lead(self.shell, sock)
             code = 0
-        except BaseException:  # noqa: BLE001 - report and leave: the parent says it died
+        except BaseException:  # noqa: BLE001 - report and leave: the exit tells the rest
             with contextlib.suppress(Exception):
+                import traceback
+
                 os.write(2, traceback.format_exc().encode())
         finally:
             os._exit(code)
@@ -344,7 +366,8 @@ def process_tree() -> dict[int, list[int]]:
             continue
         # The command name may hold spaces and parentheses: split after the last ')'.
         fields = stat[stat.rfind(b")") + 2 :].split()
-        tree.setdefault(int(fields[1]), []).append(int(entry))
+        if fields[0] != b"Z":  # a zombie is gone already, only not yet reaped
+            tree.setdefault(int(fields[1]), []).append(int(entry))
     return tree
 
 
@@ -356,15 +379,165 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     control = socket.socket(fileno=args.control_fd)
     os.set_inheritable(args.control_fd, True)  # kept across a restart (execv)
+    from .child import set_child_subreaper
+
     set_child_subreaper()
     notebook_dir = args.notebook.resolve().parent if args.notebook else None
     modules = notebook_imports(args.notebook) if args.notebook else []
-    if notebook_dir is not None and str(notebook_dir) not in sys.path:
+    if notebook_dir is not None:
         sys.path.insert(0, "")  # as in a kernel: modules beside the notebook import
     warm = warm_up(modules, set(args.skip), notebook_dir)
     zygote = Zygote(control, warm.pop("shell"))
     zygote.send({"op": "ready", "pid": os.getpid(), **warm})
     zygote.serve()
+
+
+# --- the handle, in the process that uses the warm parent ----------------------------
+
+
+class ZygoteGone(Exception):
+    """The warm parent exited; the run could not start or end cleanly."""
+
+
+class ZygoteProcess:
+    """The warm parent, seen from the process that uses it: start it, have it fork, kill."""
+
+    def __init__(self, notebook: Path | None = None) -> None:
+        self.notebook = notebook
+        self.info: dict[str, Any] = {}
+        self._ready = threading.Event()
+        self._lock = threading.Lock()
+        self._mailboxes: dict[str, queue.Queue[dict[str, Any]]] = {}
+        self._dead = False
+        # The parent's own stderr, read for its death notice.
+        self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
+        self._control, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+        command = [sys.executable, "-m", "nb2task.engines.zygote"]
+        command += ["--control-fd", str(theirs.fileno())]
+        if notebook is not None:
+            command += ["--notebook", str(notebook)]
+        self.process = subprocess.Popen(
+            command,
+            pass_fds=(theirs.fileno(),),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=self._log,
+            cwd=str(notebook.parent) if notebook is not None else None,
+        )
+        theirs.close()
+        self._listener = threading.Thread(target=self._listen, name="nb2task-zygote", daemon=True)
+        self._listener.start()
+
+    @property
+    def alive(self) -> bool:
+        return not self._dead
+
+    def _listen(self) -> None:
+        while True:
+            try:
+                data = self._control.recv(1 << 16)
+            except OSError:
+                data = b""
+            if not data:
+                break
+            message = protocol._decode(data.decode())
+            if message.get("op") == "ready":
+                self.info = message
+                self._ready.set()
+            elif "run" in message:
+                with self._lock:
+                    mailbox = self._mailboxes.get(str(message["run"]))
+                if mailbox is not None:
+                    mailbox.put(message)
+        self._dead = True
+        self._ready.set()
+        with self._lock:
+            mailboxes = list(self._mailboxes.values())
+        for mailbox in mailboxes:
+            mailbox.put({"op": "gone"})
+
+    def death_notice(self) -> str:
+        """What the warm parent said before it died (the end of its stderr)."""
+        with contextlib.suppress(OSError):
+            self._log.seek(0)
+            lines = self._log.read().decode(errors="replace").strip().splitlines()
+            if lines:
+                return lines[-1]
+        return f"exit status {self.process.poll()}"
+
+    def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
+        if not self._ready.wait(timeout) or self._dead:
+            raise ZygoteGone(f"the warm parent did not start: {self.death_notice()}")
+
+    def start(self, kind: str, sock: socket.socket, **request: Any) -> tuple[str, int]:
+        """Fork a process that serves ``sock``: a run leader (``kind="run"``) or a child
+        running cells (``"cells"``, with ``cwd`` and ``env``); its run id and pid."""
+        self.wait_ready()
+        run_id = f"{os.getpid()}-{next(_run_ids)}"
+        mailbox: queue.Queue[dict[str, Any]] = queue.Queue()
+        with self._lock:
+            self._mailboxes[run_id] = mailbox
+        request = {**request, "op": kind, "run": run_id}
+        try:
+            socket.send_fds(self._control, [protocol._encode(request).encode()], [sock.fileno()])
+        except OSError as err:
+            raise ZygoteGone(f"the warm parent is gone: {err}") from None
+        reply = self._next(run_id, FORK_TIMEOUT_S)
+        if reply.get("op") != "forked":
+            raise ZygoteGone(f"the warm parent could not fork: {self.death_notice()}")
+        return run_id, int(reply["pid"])
+
+    def _next(self, run_id: str, timeout: float) -> dict[str, Any]:
+        with self._lock:
+            mailbox = self._mailboxes[run_id]
+        try:
+            return mailbox.get(timeout=timeout)
+        except queue.Empty:
+            return {"op": "timeout"}
+
+    def kill(self, run_id: str) -> None:
+        """SIGKILL the run's process group (the warm parent reports the exit)."""
+        with contextlib.suppress(OSError):
+            self._control.send(protocol._encode({"op": "kill", "run": run_id}).encode())
+
+    def wait_exit(self, run_id: str, timeout: float = EXIT_TIMEOUT_S) -> str:
+        """How the run's process ended, in words (killed if it does not end in ``timeout``)."""
+        try:
+            message = self._next(run_id, timeout)
+            if message.get("op") == "timeout":
+                self.kill(run_id)
+                message = self._next(run_id, timeout)
+            return how_it_ended(message)
+        finally:
+            self.forget(run_id)
+
+    def forget(self, run_id: str) -> None:
+        """Stop keeping the run's messages (its exit need not be waited for)."""
+        with self._lock:
+            self._mailboxes.pop(run_id, None)
+
+    def close(self) -> None:
+        """Stop the warm parent; it kills any run still going."""
+        with contextlib.suppress(OSError):
+            self._control.shutdown(socket.SHUT_RDWR)
+        self._control.close()
+        try:
+            self.process.wait(timeout=EXIT_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self._log.close()
+
+
+def how_it_ended(message: dict[str, Any]) -> str:
+    """How a child ended, in words, from the warm parent's ``exited`` message."""
+    if "signal" in message:
+        return describe_exit(-int(message["signal"]))
+    if "code" in message:
+        return describe_exit(int(message["code"]))
+    if message.get("op") == "gone":
+        return "its warm parent died"
+    return describe_exit(None)
 
 
 if __name__ == "__main__":
