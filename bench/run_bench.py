@@ -1,121 +1,532 @@
-"""Speed of a notebook task against a hand-written stactask Task doing the same work.
+"""nb2task's speed and size against a hand-written stactask Task doing the same work.
 
-    .venv/bin/python bench/run_bench.py [--repeat N]
+    .venv/bin/python bench/run_bench.py [--repeat N] [--json bench/results.json] [--quick]
 
-Cold: a fresh process per payload (the CLI, as in Batch). Warm: payloads handled one after
-another in one process (as in a warm Lambda). Both measured in this run, so the ratios hold
-on any machine. DESIGN §8 targets: cold <= 1.2x, warm <= +50 ms per payload.
+Every figure is a ratio or a difference against an anchor measured in the same run,
+interleaved (each round runs every variant once), as medians; so they hold on any
+machine. Each nb2task figure is measured under both engines (fork, kernel).
+
+(a) cold: one payload per fresh process (as in Batch), against the anchor Task's CLI and
+    against the papermill CLI glued into the same stactask steps (bench/papermill_task.py)
+(b) warm: the Lambda handler called again and again (record uploaded to a moto S3
+    server), against the anchor's ``handler`` in a warm process; ``run --payloads`` over
+    50 payloads, against one cold run + 50 × 40 ms
+(c) a 400-item, 1.3 MB payload, cold: against the anchor; the executed notebook's size
+(d) import time of the Lambda handler module (with its init) against ``import stactask``
+(e) peak memory of a cold run (the process tree's PSS) against the anchor's; private
+    memory each warm payload adds
+(f) asset download and upload throughput against plain boto3, on the same files
+(g) what nb2task's runtime adds to stactask's installed dependencies (two venvs, sizes)
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import json
+import os
+import shutil
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
+BENCH = REPO / "bench"
 NOTEBOOK = REPO / "notebooks" / "minimal.ipynb"
 PAYLOAD = REPO / "notebooks" / "minimal.payload.json"
 BIN = Path(sys.executable).parent
-SPACING_S = 3.0
+ENGINES = ("fork", "kernel")
+BUCKET = "bench"
+AWS_ENV = {
+    "AWS_ACCESS_KEY_ID": "bench",
+    "AWS_SECRET_ACCESS_KEY": "bench",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_REGION": "us-east-1",
+}
+TARGETS = {
+    "cold_ratio": 1.3,
+    "warm_extra_ms": 30,
+    "payloads_per_payload_ms": 40,
+    "large_ratio": 1.2,
+    "large_notebook_kb": 100,
+    "import_extra_ms": 150,
+    "cold_memory_ratio": 1.5,
+    "warm_private_mb": 20,
+    "transfer_ratio": 0.9,
+    "runtime_extra_mb": 40,
+}
 
 
-def timed(command: list[str]) -> float:
+def median(values: list[float]) -> float:
+    return statistics.median(values)
+
+
+def run(command: list[str], env: dict[str, str] | None = None, cwd: Path | None = None) -> float:
+    """Seconds ``command`` takes; it must succeed."""
     start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True, cwd=REPO)
-    return time.perf_counter() - start
+    proc = subprocess.run(
+        command, capture_output=True, text=True, env=env, cwd=cwd or REPO, check=False
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode:
+        raise SystemExit(f"failed ({proc.returncode}): {' '.join(command)}\n{proc.stderr[-3000:]}")
+    return elapsed
 
 
-def cold(repeat: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        anchor = [
-            sys.executable,
-            str(REPO / "bench" / "anchor_task.py"),
-            "run",
-            str(PAYLOAD),
-            "--no-upload",
-            "--output",
-            f"{tmp}/a.json",
-        ]
-        ours = [
-            str(BIN / "nb2task"),
-            "run",
-            str(NOTEBOOK),
-            str(PAYLOAD),
-            "--no-upload",
-            "--output",
-            f"{tmp}/b.json",
-        ]
-        timed(anchor), timed(ours)  # warm the OS caches
-        a = [timed(anchor) for _ in range(repeat)]
-        b = [timed(ours) for _ in range(repeat)]
-    return {"anchor_s": statistics.median(a), "nb2task_s": statistics.median(b)}
+def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[str, float]:
+    """Median of each variant, every round running each once (warm OS caches first)."""
+    for measure in variants.values():
+        measure()
+    samples: dict[str, list[float]] = {name: [] for name in variants}
+    for _ in range(rounds):
+        for name, measure in variants.items():
+            samples[name].append(measure())
+    return {name: median(values) for name, values in samples.items()}
 
 
-def warm(repeat: int) -> dict[str, float]:
-    sys.path.insert(0, str(REPO / "bench"))
-    from anchor_task import MinimalTask
+class MotoServer:
+    """A moto S3 server in its own process (not in ours: it would compete for the GIL)."""
 
-    from nb2task import engine
-    from nb2task.payload import load_payload
-    from nb2task.task import NotebookTask
+    def __init__(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.endpoint = f"http://127.0.0.1:{port}"
+        self.process = subprocess.Popen(
+            [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                time.sleep(0.05)
+        self.env = {**os.environ, **AWS_ENV, "AWS_ENDPOINT_URL": self.endpoint}
+        import boto3
 
-    payload = load_payload(PAYLOAD)
-    task_class = NotebookTask.for_notebook(NOTEBOOK)
-    engine.launcher.keep_spare = True  # as in a warm Lambda container
+        self.s3 = boto3.client("s3", endpoint_url=self.endpoint, **_boto_credentials())
+        self.s3.create_bucket(Bucket=BUCKET)
 
-    def per_payload(run, pause: float) -> float:
-        run()  # first call pays imports and caches
-        times = []
-        for _ in range(repeat):
-            time.sleep(pause)
-            start = time.perf_counter()
-            run()
-            times.append(time.perf_counter() - start)
-        return statistics.median(times)
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait()
 
-    def anchor() -> object:
-        return MinimalTask.handler(json.loads(json.dumps(payload)), upload=False)
 
-    def ours() -> object:
-        return task_class.handler(json.loads(json.dumps(payload)), upload=False)
-
+def _boto_credentials() -> dict[str, str]:
     return {
-        "anchor_s": per_payload(anchor, 0),
-        # Back to back, each payload also waits for the next kernel to boot; spaced out
-        # (as Lambda invocations usually are), the spare kernel is ready when it arrives.
-        "nb2task_s": per_payload(ours, 0),
-        "nb2task_spaced_s": per_payload(ours, SPACING_S),
+        "aws_access_key_id": AWS_ENV["AWS_ACCESS_KEY_ID"],
+        "aws_secret_access_key": AWS_ENV["AWS_SECRET_ACCESS_KEY"],
+        "region_name": AWS_ENV["AWS_REGION"],
     }
+
+
+def payload_for_s3() -> dict[str, Any]:
+    """The minimal payload, with outputs (and so the record) going to the moto bucket."""
+    payload = json.loads(PAYLOAD.read_text())
+    payload["process"][0]["upload_options"]["path_template"] = f"s3://{BUCKET}/out/${{id}}/"
+    return payload
+
+
+def large_payload(count: int = 400) -> dict[str, Any]:
+    """The minimal payload with ``count`` items (about 1.3 MB)."""
+    payload = json.loads(PAYLOAD.read_text())
+    item = payload["features"][0]
+    payload["features"] = []
+    for i in range(count):
+        clone = copy.deepcopy(item)
+        clone["id"] = f"{item['id']}-{i:04d}"
+        clone["properties"]["description"] = "x" * 2500  # a realistic item's weight
+        payload["features"].append(clone)
+    return payload
+
+
+# --- (a), (c) cold ------------------------------------------------------------------
+
+
+def cold_commands(payload: Path, out: Path) -> dict[str, list[str]]:
+    common = [str(payload), "--no-upload", "--output", str(out), "--logging", "WARNING"]
+    commands = {
+        "anchor": [sys.executable, str(BENCH / "anchor_task.py"), "run", *common],
+        "papermill+stactask": [sys.executable, str(BENCH / "papermill_task.py"), "run", *common],
+    }
+    for engine in ENGINES:
+        commands[f"nb2task {engine}"] = [
+            str(BIN / "nb2task"), "run", str(NOTEBOOK), *common, "--engine", engine,
+        ]  # fmt: skip
+    return commands
+
+
+def measure_cold(tmp: Path, rounds: int) -> dict[str, Any]:
+    commands = cold_commands(PAYLOAD, tmp / "cold-out.json")
+    medians = interleaved({k: (lambda c=c: run(c)) for k, c in commands.items()}, rounds)
+    anchor = medians["anchor"]
+    return {
+        "seconds": medians,
+        "ratio": {k: v / anchor for k, v in medians.items() if k != "anchor"},
+    }
+
+
+def measure_large(tmp: Path, rounds: int) -> dict[str, Any]:
+    payload = tmp / "large.json"
+    payload.write_text(json.dumps(large_payload()))
+    commands = cold_commands(payload, tmp / "large-out.json")
+    del commands["papermill+stactask"]
+    medians = interleaved({k: (lambda c=c: run(c)) for k, c in commands.items()}, rounds)
+    sizes = {}
+    for engine in ENGINES:  # once more with the workdir kept, to weigh the record
+        workdir = tmp / f"large-{engine}"
+        run(commands[f"nb2task {engine}"] + ["--workdir", str(workdir)])
+        sizes[engine] = (workdir / "minimal.executed.ipynb").stat().st_size / 1024
+    anchor = medians["anchor"]
+    return {
+        "payload_kb": payload.stat().st_size / 1024,
+        "seconds": medians,
+        "ratio": {k: v / anchor for k, v in medians.items() if k != "anchor"},
+        "executed_notebook_kb": sizes,
+    }
+
+
+# --- (b) warm -----------------------------------------------------------------------
+
+
+def measure_warm(moto: MotoServer, tmp: Path, rounds: int, count: int) -> dict[str, Any]:
+    payload = tmp / "warm-payload.json"
+    payload.write_text(json.dumps(payload_for_s3()))
+    results: dict[str, list[dict[str, Any]]] = {}
+
+    def worker(kind: str, engine: str | None) -> Callable[[], float]:
+        env = {**moto.env, "NB2TASK_NOTEBOOK": str(NOTEBOOK), "NB2TASK_LOG_LEVEL": "WARNING"}
+        env["AWS_LAMBDA_FUNCTION_NAME"] = "bench"  # the handler sets up at import, as in Lambda
+        if engine:
+            env["NB2TASK_ENGINE"] = engine
+        name = f"nb2task {engine}" if engine else "anchor"
+
+        def measure() -> float:
+            command = [sys.executable, str(BENCH / "warm_worker.py"), kind, str(payload), "3"]
+            proc = subprocess.run(
+                [*command, str(count)], capture_output=True, text=True, env=env, check=False
+            )
+            if proc.returncode:
+                raise SystemExit(f"warm worker {name} failed:\n{proc.stderr[-3000:]}")
+            result = json.loads(proc.stdout.strip().splitlines()[-1])
+            results.setdefault(name, []).append(result)
+            return float(result["median_s"])
+
+        return measure
+
+    variants = {"anchor": worker("anchor", None)}
+    for engine in ENGINES:
+        variants[f"nb2task {engine}"] = worker("lambda", engine)
+    medians = interleaved(variants, rounds)
+    anchor = medians["anchor"]
+    private = {
+        k: median([r["private_kb_per_payload"] for r in v if r.get("private_kb_per_payload")])
+        / 1024
+        for k, v in results.items()
+        if any(r.get("private_kb_per_payload") for r in v)
+    }
+    return {
+        "per_payload_ms": {k: v * 1000 for k, v in medians.items()},
+        "extra_ms": {k: (v - anchor) * 1000 for k, v in medians.items() if k != "anchor"},
+        "private_mb_per_payload": private,
+    }
+
+
+def measure_payloads(tmp: Path, rounds: int, cold_s: dict[str, float], n: int) -> dict[str, Any]:
+    folder = tmp / "many"
+    folder.mkdir(exist_ok=True)
+    source = json.loads(PAYLOAD.read_text())
+    paths = []
+    for i in range(n):
+        payload = copy.deepcopy(source)
+        payload["id"] = f"{source['id']}-{i}"
+        path = folder / f"p{i:03d}.json"
+        path.write_text(json.dumps(payload))
+        paths.append(str(path))
+
+    def command(engine: str) -> Callable[[], float]:
+        out = tmp / f"many-out-{engine}"
+
+        def measure() -> float:
+            shutil.rmtree(out, ignore_errors=True)
+            return run(
+                [str(BIN / "nb2task"), "run", str(NOTEBOOK), "--local", "--engine", engine,
+                 "--logging", "WARNING", "--output-dir", str(out), "--payloads", *paths]
+            )  # fmt: skip
+
+        return measure
+
+    medians = interleaved({f"nb2task {e}": command(e) for e in ENGINES}, rounds)
+    budget = {
+        k: cold_s[k] + n * TARGETS["payloads_per_payload_ms"] / 1000 for k in medians
+    }
+    return {
+        "payloads": n,
+        "jobs": os.cpu_count(),
+        "seconds": medians,
+        "budget_s": budget,
+        "per_payload_ms_over_cold": {k: (v - cold_s[k]) / n * 1000 for k, v in medians.items()},
+    }
+
+
+# --- (d) import ---------------------------------------------------------------------
+
+
+def measure_import(rounds: int) -> dict[str, Any]:
+    env = {**os.environ, "NB2TASK_NOTEBOOK": str(NOTEBOOK), "AWS_LAMBDA_FUNCTION_NAME": "bench"}
+    code = "import {}; import os; os._exit(0)"  # exit at once: no atexit clean-up counted
+    variants = {
+        "python": lambda: run([sys.executable, "-c", "pass"]),
+        "import stactask": lambda: run([sys.executable, "-c", code.format("stactask")]),
+        "import nb2task.lambda_function": lambda: run(
+            [sys.executable, "-c", code.format("nb2task.lambda_function")], env=env
+        ),
+    }
+    medians = interleaved(variants, rounds * 2)
+    return {
+        "seconds": medians,
+        "extra_ms": (medians["import nb2task.lambda_function"] - medians["import stactask"])
+        * 1000,
+    }
+
+
+# --- (e) memory ---------------------------------------------------------------------
+
+
+def tree_pss_kb(root: int) -> int:
+    """Proportional set size of ``root`` and everything below it (shared pages counted
+    once across the processes that share them, as forked processes do)."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_bytes()
+            except OSError:
+                continue
+            ppid = int(stat[stat.rfind(b")") + 2 :].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        stack.extend(children.get(pid, []))
+        try:
+            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+                if line.startswith("Pss:"):
+                    total += int(line.split()[1])
+        except OSError:
+            continue
+    return total
+
+
+def peak_pss_mb(command: list[str]) -> float:
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    peak = 0
+    while proc.poll() is None:
+        peak = max(peak, tree_pss_kb(proc.pid))
+        time.sleep(0.01)
+    return peak / 1024
+
+
+def measure_memory(tmp: Path, rounds: int) -> dict[str, Any]:
+    commands = cold_commands(PAYLOAD, tmp / "mem-out.json")
+    del commands["papermill+stactask"]
+    peaks = {k: median([peak_pss_mb(c) for _ in range(max(2, rounds // 2))]) for k, c in commands.items()}
+    anchor = peaks["anchor"]
+    return {
+        "peak_pss_mb": peaks,
+        "ratio": {k: v / anchor for k, v in peaks.items() if k != "anchor"},
+    }
+
+
+# --- (f) transfer -------------------------------------------------------------------
+
+
+def measure_transfer(moto: MotoServer, tmp: Path, rounds: int, mb: int = 32) -> dict[str, Any]:
+    """Three ``mb`` MB files up and down: nb2task's asset I/O against plain boto3."""
+    import boto3
+
+    os.environ.update(AWS_ENV, AWS_ENDPOINT_URL=moto.endpoint)
+    from stactask.payload import Payload
+
+    from nb2task.assets import S3Client, download_assets, upload_local_assets
+
+    files = []
+    for i in range(3):
+        path = tmp / f"asset-{i}.bin"
+        path.write_bytes(os.urandom(mb * 1024 * 1024))
+        files.append(path)
+    client = boto3.client("s3", endpoint_url=moto.endpoint, **_boto_credentials())
+    item = json.loads(PAYLOAD.read_text())["features"][0]
+    item["assets"] = {f"a{i}": {"href": str(p), "roles": ["data"]} for i, p in enumerate(files)}
+    payload = Payload({"process": [{"upload_options": {"path_template": f"s3://{BUCKET}/up/${{id}}"}}]})
+
+    def ours_up() -> float:
+        start = time.perf_counter()
+        upload_local_assets(payload, [copy.deepcopy(item)], S3Client())
+        return time.perf_counter() - start
+
+    def boto_up() -> float:
+        start = time.perf_counter()
+        for i, p in enumerate(files):
+            client.upload_file(str(p), BUCKET, f"boto/{i}.bin")
+        return time.perf_counter() - start
+
+    remote = copy.deepcopy(item)
+    remote["assets"] = {
+        f"a{i}": {"href": f"s3://{BUCKET}/boto/{i}.bin", "roles": ["data"]} for i in range(3)
+    }
+    boto_up()
+
+    def ours_down() -> float:
+        target = tmp / "down-ours"
+        shutil.rmtree(target, ignore_errors=True)
+        start = time.perf_counter()
+        download_assets([copy.deepcopy(remote)], ["*"], target)
+        return time.perf_counter() - start
+
+    def boto_down() -> float:
+        target = tmp / "down-boto"
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir()
+        start = time.perf_counter()
+        for i in range(3):
+            client.download_file(BUCKET, f"boto/{i}.bin", str(target / f"{i}.bin"))
+        return time.perf_counter() - start
+
+    medians = interleaved(
+        {"upload nb2task": ours_up, "upload boto3": boto_up,
+         "download nb2task": ours_down, "download boto3": boto_down},
+        rounds,
+    )  # fmt: skip
+    total = 3 * mb
+    return {
+        "mb": total,
+        "mb_per_s": {k: total / v for k, v in medians.items()},
+        "ratio": {
+            "upload": medians["upload boto3"] / medians["upload nb2task"],
+            "download": medians["download boto3"] / medians["download nb2task"],
+        },
+    }
+
+
+# --- (g) size -----------------------------------------------------------------------
+
+
+def measure_size(tmp: Path) -> dict[str, Any]:
+    """site-packages of stactask alone, and of nb2task's runtime as the base image
+    installs it (the runtime lock; debugpy and jedi removed)."""
+    uv = shutil.which("uv") or str(BIN / "uv")
+    lock = REPO / "requirements" / "runtime.lock"
+    sizes = {}
+    for name, requirement, remove in (
+        ("stactask", ["stactask==0.7.0"], []),
+        ("nb2task", [str(REPO)], ["debugpy", "jedi", "parso"]),
+    ):
+        venv = tmp / f"venv-{name}"
+        subprocess.run([uv, "venv", "-q", "-p", sys.executable, str(venv)], check=True)
+        subprocess.run(
+            [uv, "pip", "install", "-q", "-p", str(venv), "-c", str(lock), *requirement],
+            check=True,
+        )
+        if remove:
+            subprocess.run([uv, "pip", "uninstall", "-q", "-p", str(venv), *remove], check=True)
+        site = next(venv.glob("lib/python*/site-packages"))
+        out = subprocess.run(["du", "-sk", str(site)], capture_output=True, text=True, check=True)
+        sizes[name] = int(out.stdout.split()[0]) / 1024
+    return {"site_packages_mb": sizes, "extra_mb": sizes["nb2task"] - sizes["stactask"]}
+
+
+# --- report -------------------------------------------------------------------------
+
+
+def table(results: dict[str, Any]) -> list[str]:
+    t = TARGETS
+    rows = [("measure", "fork", "kernel", "target")]
+
+    def both(fmt: str, values: dict[str, float]) -> tuple[str, str]:
+        return tuple(fmt.format(values[f"nb2task {e}"]) for e in ENGINES)  # type: ignore[return-value]
+
+    if "cold" in results:
+        c = results["cold"]
+        rows.append(("(a) cold, × anchor Task CLI", *both("{:.2f}×", c["ratio"]), f"≤ {t['cold_ratio']}×"))
+        rows.append(("(a) cold, × papermill+stactask", *both("{:.2f}×", {k: c["seconds"][k] / c["seconds"]["papermill+stactask"] for k in c["seconds"]}), "—"))
+    if "warm" in results:
+        w = results["warm"]
+        rows.append(("(b) warm Lambda, ms over handler", *both("+{:.0f} ms", w["extra_ms"]), f"≤ +{t['warm_extra_ms']} ms"))
+    if "payloads" in results:
+        p = results["payloads"]
+        rows.append((f"(b) --payloads ×{p['payloads']}, s (budget)", *(f"{p['seconds'][f'nb2task {e}']:.1f} ({p['budget_s'][f'nb2task {e}']:.1f})" for e in ENGINES), "≤ cold + 40 ms each"))
+    if "large" in results:
+        lg = results["large"]
+        rows.append(("(c) 400 items, × anchor", *both("{:.2f}×", lg["ratio"]), f"≤ {t['large_ratio']}×"))
+        rows.append(("(c) executed notebook, KB", *(f"{lg['executed_notebook_kb'][e]:.0f}" for e in ENGINES), f"≤ {t['large_notebook_kb']}"))
+    if "memory" in results:
+        m = results["memory"]
+        rows.append(("(e) cold peak PSS, × anchor", *both("{:.2f}×", m["ratio"]), f"≤ {t['cold_memory_ratio']}×"))
+    if "warm" in results and results["warm"]["private_mb_per_payload"]:
+        pm = results["warm"]["private_mb_per_payload"]
+        rows.append(("(e) private MB per warm payload", f"{pm.get('nb2task fork', float('nan')):.1f}", "(a kernel)", f"≤ {t['warm_private_mb']}"))
+    if "import" in results:
+        rows.append(("(d) handler import, ms over stactask", f"+{results['import']['extra_ms']:.0f} ms", "", f"≤ +{t['import_extra_ms']} ms"))
+    if "transfer" in results:
+        r = results["transfer"]["ratio"]
+        rows.append(("(f) transfer, × boto3 (up / down)", f"{r['upload']:.2f} / {r['download']:.2f}", "", f"≥ {t['transfer_ratio']}×"))
+    if "size" in results:
+        rows.append(("(g) runtime over stactask's deps, MB", f"+{results['size']['extra_mb']:.0f}", "", f"≤ +{t['runtime_extra_mb']}"))
+    widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
+    return ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeat", type=int, default=5)
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--repeat", type=int, default=5, help="rounds per measure (default 5)")
+    parser.add_argument("--json", type=Path, default=BENCH / "results.json")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds, no venv sizes")
+    parser.add_argument("--only", nargs="*", help="measures to run: cold warm payloads large import memory transfer size")
     args = parser.parse_args()
-    c, w = cold(args.repeat), warm(args.repeat)
-    results = {
-        "cold": {**c, "ratio": c["nb2task_s"] / c["anchor_s"], "target_ratio": 1.2},
-        "warm": {**w, "extra_ms": 1000 * (w["nb2task_s"] - w["anchor_s"]), "target_extra_ms": 50},
-    }
-    print(
-        f"cold: anchor {c['anchor_s']:.2f} s, nb2task {c['nb2task_s']:.2f} s, "
-        f"ratio {results['cold']['ratio']:.2f} (target <= 1.2)"
-    )
-    print(
-        f"warm: anchor {1000 * w['anchor_s']:.1f} ms, nb2task {1000 * w['nb2task_s']:.1f} ms, "
-        f"+{results['warm']['extra_ms']:.0f} ms per payload back to back (target <= +50 ms)"
-    )
-    print(f"warm, payloads {SPACING_S:g} s apart: nb2task {1000 * w['nb2task_spaced_s']:.1f} ms")
-    if args.json:
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+    rounds = 2 if args.quick else args.repeat
+    only = set(args.only or ["cold", "warm", "payloads", "large", "import", "memory", "transfer", "size"])
+    if args.quick:
+        only.discard("size")
+    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="nb2task-bench-") as name:
+        tmp = Path(name)
+        moto = MotoServer()
+        try:
+            steps: list[tuple[str, Callable[[], Any]]] = [
+                ("cold", lambda: measure_cold(tmp, rounds)),
+                ("warm", lambda: measure_warm(moto, tmp, max(2, rounds // 2), 15)),
+                ("payloads", lambda: measure_payloads(tmp, max(1, rounds // 3), results["cold"]["seconds"], 50)),
+                ("large", lambda: measure_large(tmp, max(2, rounds // 2))),
+                ("import", lambda: measure_import(rounds)),
+                ("memory", lambda: measure_memory(tmp, rounds)),
+                ("transfer", lambda: measure_transfer(moto, tmp, rounds)),
+                ("size", lambda: measure_size(tmp)),
+            ]
+            for key, measure in steps:
+                if key in only and (key != "payloads" or "cold" in results):
+                    print(f"measuring {key} ...", file=sys.stderr, flush=True)
+                    results[key] = measure()
+        finally:
+            moto.stop()
+    results["targets"] = TARGETS
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    print("\n".join(table(results)))
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"(written to {args.json}; {results['seconds']} s)")
 
 
 if __name__ == "__main__":
+    threading.current_thread().name = "bench"
     main()

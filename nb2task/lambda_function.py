@@ -4,11 +4,14 @@ The image sets ``NB2TASK_NOTEBOOK`` (the notebook's path) and optionally
 ``NB2TASK_TASK_NAME``. The event is a Cirrus payload or ``{"url": ...}``; the
 return value is the output payload, or ``{"url": ...}`` when its JSON is over
 Cirrus' limit (see ``nb2task.publish.ReturnOutput``). One runner per container: its
-executor stays warm between invocations.
+executor stays warm between invocations. It is set up when Lambda imports this module
+(its init phase), so the engine warms up before the first event arrives; a setup
+error is reported by the first invocation, with its dotted name.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from functools import cache
@@ -76,6 +79,14 @@ def _runner() -> Any:
     return runner
 
 
+def _init() -> None:
+    """Set up at import, in Lambda's init phase (where the image names its notebook)."""
+    if os.environ.get("NB2TASK_NOTEBOOK") and os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+        # _runner is cached only when it succeeds: an error comes back with the first event.
+        with contextlib.suppress(Exception):
+            _runner()
+
+
 def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]:
     """Run the notebook task on a Cirrus payload event and return the output payload."""
     from .errors import error_line, with_dotted_name
@@ -103,3 +114,6 @@ def _time_left(context: Any) -> float | None:
     if remaining is None:
         return None
     return max(1.0, float(remaining()) / 1000 - TIMEOUT_MARGIN_S)
+
+
+_init()

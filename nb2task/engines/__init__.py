@@ -8,6 +8,7 @@ error banner and saves the executed notebook; ``Execution`` is what a run gives 
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import json
 import logging
@@ -58,6 +59,8 @@ class Executor(ABC):
         self.notebook_path = notebook_path
         self.kernel_name = kernel_name
         self.language = language
+        # The last runs' stats (engine, seconds, pids, private memory): for the bench.
+        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)
 
     def prepare(self) -> None:  # noqa: B027 - warming up is optional
         """Start warming up now, so that the first payload does not wait (non-blocking)."""

@@ -102,7 +102,9 @@ class ForkExecutor(Executor):
                 "language": self.language,
             }
             outcome = self._run(request, limits)
-        return _result(outcome, time.perf_counter() - started)
+        execution = _result(outcome, time.perf_counter() - started)
+        self.history.append(execution.stats)
+        return execution
 
     def _run(self, request: dict[str, Any], limits: Limits) -> dict[str, Any]:
         """Have a run leader forked, send it the run, relay its logs; its outcome."""

@@ -213,6 +213,7 @@ class KernelExecutor(Executor):
                 ) from None
             items = read_emitted(executed, emit_dir)
         stats["seconds"] = round(time.perf_counter() - started, 4)
+        self.history.append(stats)
         return Execution(executed, items, stats)
 
     @contextlib.contextmanager

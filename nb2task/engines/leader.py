@@ -100,6 +100,9 @@ def _run(request: dict[str, Any], child: LocalChild) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - reported, in one line, by the task's process
         return {"status": "error", "kind": "Nb2TaskError",
                 "message": f"the notebook's run failed: {type(err).__name__}: {err}"}  # fmt: skip
+    from .child import private_memory_kb
+
+    stats["leader_private_kb"] = private_memory_kb()
     return {"status": "ok", "items": items, "stats": stats}
 
 
