@@ -1,16 +1,79 @@
-"""Shared fixtures (helpers live in nbtest.py)."""
+"""Shared fixtures (helpers live in support.py)."""
 
 from __future__ import annotations
 
 import copy
 import json
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from nbtest import FIXTURES, CliResult, run_cli
+from support import ENGINES, PAYLOADS, REPO, CliResult, aws_client, aws_env, run_cli
+
+# --- Nothing a test does may land in the repository -----------------------------------------
+
+# Not looked into: version control, the venv, tool caches (pytest writes __pycache__
+# next to test modules when bytecode is on).
+UNWATCHED = {".git", ".venv", "__pycache__", ".pytest_cache", ".mypy_cache", ".ruff_cache"}
+# Tests read these: their content must not change either.
+WATCHED_CONTENT = ("notebooks", "tests/fixtures", "tests/cirrus/fixtures")
+
+
+def repo_tree() -> dict[str, tuple[int, int] | None]:
+    """Every path in the repository (files and folders, git-ignored ones too), with
+    (size, mtime) for the files whose content the tests read."""
+    tree: dict[str, tuple[int, int] | None] = {}
+    for root, dirs, files in os.walk(REPO):
+        dirs[:] = [d for d in dirs if d not in UNWATCHED and not d.endswith(".egg-info")]
+        base = Path(root).relative_to(REPO)
+        for name in dirs:
+            tree[f"{base / name}/"] = None
+        for name in files:
+            path = base / name
+            stat = None
+            if str(path).startswith(WATCHED_CONTENT):
+                info = (Path(root) / name).stat()
+                stat = (info.st_size, info.st_mtime_ns)
+            tree[str(path)] = stat
+    return tree
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repo_stays_clean() -> Iterator[None]:
+    """Fails the session (an error at the last teardown) if the tests created, removed or
+    rewrote anything in the repository: tests work in tmp_path. Editing the tree while
+    the tests run shows up here too (new or removed files)."""
+    before = repo_tree()
+    yield
+    after = repo_tree()
+    created = sorted(set(after) - set(before))
+    removed = sorted(set(before) - set(after))
+    changed = sorted(p for p in set(before) & set(after) if before[p] != after[p])
+    if created or removed or changed:
+        pytest.fail(
+            "the tests changed the repository tree (work in tmp_path):\n"
+            + "".join(f"  created {p}\n" for p in created)
+            + "".join(f"  removed {p}\n" for p in removed)
+            + "".join(f"  changed {p}\n" for p in changed),
+            pytrace=False,
+        )
+
+
+# --- Engines -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=ENGINES)
+def engine(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Each engine in turn: ``NB2TASK_ENGINE`` is what ``nb2task run`` (as the default of
+    --engine) and the Lambda handler read, here and in every subprocess started."""
+    monkeypatch.setenv("NB2TASK_ENGINE", request.param)
+    return str(request.param)
+
+
+# --- Files and the CLI -----------------------------------------------------------------------
 
 
 @pytest.fixture
@@ -23,7 +86,7 @@ def fixture_payload() -> Callable[[str], dict[str, Any]]:
     """Load a payload from tests/fixtures/payloads by file name."""
 
     def load(name: str) -> dict[str, Any]:
-        document: dict[str, Any] = json.loads((FIXTURES / "payloads" / name).read_text())
+        document: dict[str, Any] = json.loads((PAYLOADS / name).read_text())
         return copy.deepcopy(document)
 
     return load
@@ -39,18 +102,23 @@ def write_json(tmp_path: Path) -> Callable[[str, Any], Path]:
     return write
 
 
+# --- S3: a moto server --------------------------------------------------------------------------
+
+
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A real S3 endpoint: moto's server on loopback, reached over HTTP by boto3, s3fs,
-    stac-asset and every nb2task subprocess (through AWS_ENDPOINT_URL)."""
+    stac-asset and every nb2task subprocess (this process's environment points AWS
+    clients at it from first use to the end of the session)."""
     from moto.server import ThreadedMotoServer
 
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
     endpoint = f"http://{host}:{port}"
-    saved = {k: os.environ.get(k) for k in AWS_TEST_ENV}
-    os.environ.update(AWS_TEST_ENV, AWS_ENDPOINT_URL=endpoint)
+    settings = aws_env(endpoint)
+    saved = {k: os.environ.get(k) for k in settings}
+    os.environ.update(settings)
     try:
         yield endpoint
     finally:
@@ -62,28 +130,16 @@ def s3_endpoint() -> Iterator[str]:
                 os.environ[key] = value
 
 
-AWS_TEST_ENV = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_SESSION_TOKEN": "testing",
-    "AWS_DEFAULT_REGION": "us-east-1",
-    "AWS_REGION": "us-east-1",
-    "AWS_ENDPOINT_URL": "",
-}
-
-
 @pytest.fixture
 def s3(s3_endpoint: str) -> Any:
     """A boto3 S3 client on the test endpoint."""
-    import boto3
-
-    return boto3.client("s3", endpoint_url=s3_endpoint)
+    return aws_client("s3", s3_endpoint)
 
 
 @pytest.fixture
 def bucket(s3: Any, request: pytest.FixtureRequest) -> str:
-    """A fresh, empty bucket for one test."""
-    name = "nb2task-" + request.node.name.lower().replace("_", "-")[:40].strip("-[]") + "-b"
-    name = "".join(c if c.isalnum() or c == "-" else "-" for c in name)
+    """A fresh, empty bucket for one test (one per parametrized case too)."""
+    slug = "".join(c if c.isalnum() else "-" for c in request.node.name.lower())
+    name = f"nb2task-{slug[:36].strip('-')}-{uuid.uuid4().hex[:8]}"
     s3.create_bucket(Bucket=name)
     return name

@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 import yaml
-from nbtest import REPO, run_cli, write_notebook
+from support import REPO, run_cli, write_notebook
 
 HADOLINT = str(Path(sys.executable).parent / "hadolint")
 

@@ -1,19 +1,36 @@
 """S3 payloads and assets, upload options, the run record, the Lambda handler.
 
 Everything goes over HTTP to a real moto S3 server on 127.0.0.1 (the ``s3_endpoint``
-fixture); nb2task runs as a real subprocess with real kernels.
+fixture); nb2task runs as a real subprocess, under each engine (the ``engine`` fixture).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from nbtest import REPO, make_payload, run_cli, sample_item, write_notebook
+from support import (
+    NB2TASK_TASK,
+    NDVI_ID,
+    NOTEBOOKS,
+    get_bytes,
+    get_json,
+    keys,
+    local_hrefs,
+    make_payload,
+    ndvi_payload,
+    put_json,
+    run_cli,
+    sample_item,
+    write_notebook,
+)
+
+pytestmark = pytest.mark.usefixtures("engine")
 
 WRITES_ASSETS = """
 import pathlib, pystac, nb2task
@@ -36,19 +53,6 @@ def writer(tmp_path: Path) -> Path:
     )
 
 
-def put_json(s3: Any, bucket: str, key: str, document: Any) -> str:
-    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(document).encode())
-    return f"s3://{bucket}/{key}"
-
-
-def get_json(s3: Any, bucket: str, key: str) -> Any:
-    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-
-
-def keys(s3: Any, bucket: str) -> set[str]:
-    return {o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])}
-
-
 def test_s3_input_and_output_with_upload(s3: Any, bucket: str, writer: Path) -> None:
     payload = make_payload(
         features=[sample_item("a", platform="sentinel-2b"), sample_item("b", platform="landsat")],
@@ -63,7 +67,7 @@ def test_s3_input_and_output_with_upload(s3: Any, bucket: str, writer: Path) -> 
     result = run_cli("run", writer, url_in, "--output", f"s3://{bucket}/payloads/out.json")
     assert result.returncode == 0, result.stderr
     assert result.stdout == ""
-    out = get_json(s3, bucket, "payloads/out.json")
+    out = get_json(s3, f"s3://{bucket}/payloads/out.json")
     hrefs = {f["id"]: f["assets"]["result"]["href"] for f in out["features"]}
     assert hrefs == {
         "a": f"s3://{bucket}/data/test-collection/sentinel-2b/2024/a/a-result.txt",
@@ -78,13 +82,7 @@ def test_s3_input_and_output_with_upload(s3: Any, bucket: str, writer: Path) -> 
     assert any(g["Grantee"].get("URI", "").endswith("AllUsers") for g in acl["Grants"])
     # Remote hrefs are untouched; nothing points at local disk.
     assert out["features"][0]["assets"]["remote"]["href"] == "https://example.com/remote.tif"
-    assert_no_local_hrefs(out)
-
-
-def assert_no_local_hrefs(payload: dict[str, Any]) -> None:
-    for feature in payload["features"]:
-        for key, asset in feature["assets"].items():
-            assert "://" in asset["href"] and not asset["href"].startswith("file:"), (key, asset)
+    assert local_hrefs([f["assets"] for f in out["features"]]) == []
 
 
 def test_http_urls_when_s3_urls_is_false(s3: Any, bucket: str, writer: Path, write_json) -> None:
@@ -138,7 +136,7 @@ def test_run_record_uploaded_and_linked_on_success(s3: Any, bucket: str, writer:
     assert record["roles"] == ["metadata", "nb2task-record"]
     html = item["assets"]["executed-notebook-html"]
     assert html["type"] == "text/html"
-    executed = get_json(s3, bucket, "test-collection/item-1/writer.executed.ipynb")
+    executed = get_json(s3, f"s3://{bucket}/test-collection/item-1/writer.executed.ipynb")
     assert executed["metadata"]["papermill"]["parameters"]["payload"].endswith("input-payload.json")
     page = s3.get_object(Bucket=bucket, Key="test-collection/item-1/writer.executed.html")
     assert page["ContentType"] == "text/html" and b"<html" in page["Body"].read()
@@ -159,7 +157,7 @@ def test_run_record_uploaded_on_failure(s3: Any, bucket: str, tmp_path: Path, wr
         "failed-runs/item-1/broken.executed.ipynb",
         "failed-runs/item-1/broken.executed.html",
     }
-    executed = get_json(s3, bucket, "failed-runs/item-1/broken.executed.ipynb")
+    executed = get_json(s3, f"s3://{bucket}/failed-runs/item-1/broken.executed.ipynb")
     assert any(
         o.get("ename") == "ValueError" for c in executed["cells"] for o in c.get("outputs", [])
     )
@@ -205,40 +203,20 @@ def test_output_write_failure_undoes_the_uploads(
     }
 
 
-def test_unwritable_local_output_fails_before_the_run(writer: Path, write_json, tmp_path: Path):
-    (tmp_path / "file").write_text("x")
-    result = run_cli(
-        "run",
-        writer,
-        write_json("in.json", make_payload()),
-        "--output",
-        tmp_path / "file" / "o.json",
-        "--workdir",
-        tmp_path / "work",
-    )
-    assert result.returncode == 2
-    assert result.last_stderr_line.startswith("nb2task.errors.UsageError: --output ")
-    assert not (tmp_path / "work").exists()
-
-
 @pytest.fixture
 def remote_bands(s3: Any, bucket: str) -> dict[str, Any]:
-    """The NDVI sample scene on S3, and an item pointing at it."""
-    for band in ("red", "nir"):
-        s3.upload_file(
-            str(REPO / "notebooks/data" / f"sample-{band}.tif"), bucket, f"src/{band}.tif"
-        )
-    item = json.loads((REPO / "notebooks/ndvi.payload.json").read_text())["features"][0]
-    for band in ("red", "nir"):
-        item["assets"][band]["href"] = f"s3://{bucket}/src/{band}.tif"
+    """The NDVI sample scene on S3: an item whose red and nir assets are there."""
+    item: dict[str, Any] = ndvi_payload(s3, bucket, download_assets=None)["features"][0]
     return item
 
 
+# What the notebook sees of each asset: a local file (absolute path) or still remote.
 DOWNLOAD_CHECK = """
 import os, nb2task
 [item] = nb2task.read_items(payload)
 item.properties["seen"] = {
-    k: [os.path.isabs(a.href), os.path.isfile(a.href)] for k, a in item.assets.items()
+    k: [os.path.isabs(a.href) and os.path.isfile(a.href), a.href.startswith("s3://")]
+    for k, a in item.assets.items()
 }
 nb2task.emit(item)
 """
@@ -265,22 +243,26 @@ def test_asset_download(
         tmp_path / "dl.ipynb", 'payload = "x.json"', DOWNLOAD_CHECK, metadata=metadata
     )
     payload = make_payload(features=[remote_bands], tasks={"dl": task_options})
-    result = run_cli("run", nb, write_json("in.json", payload), "--no-upload", *cli_args)
+    workdir = tmp_path / "work"  # kept: upload is off
+    result = run_cli(
+        "run", nb, write_json("in.json", payload), "--no-upload", "--workdir", workdir, *cli_args
+    )
     assert result.returncode == 0, result.stderr
-    assert "get_event_loop" not in result.stderr  # no deprecation warning
     seen = json.loads(result.stdout)["features"][0]["properties"]["seen"]
-    assert {k for k, (absolute, exists) in seen.items() if absolute and exists} == expected_local
+    assert {k for k, (local, _) in seen.items() if local} == expected_local
+    # What was not downloaded is left where it was.
+    assert {k for k, (_, remote) in seen.items() if remote} == {"red", "nir"} - expected_local
 
 
-def test_ndvi_from_s3_assets_to_s3(remote_bands, s3: Any, bucket: str, write_json) -> None:
+def test_ndvi_from_s3_assets_to_s3(s3: Any, bucket: str, tmp_path: Path) -> None:
     """The main example, cloud style: bands downloaded from S3, the COG uploaded."""
-    payload = json.loads((REPO / "notebooks/ndvi.payload.json").read_text())
-    payload["features"] = [remote_bands]
-    payload["process"][0]["upload_options"]["path_template"] = f"s3://{bucket}/ndvi/${{id}}/"
+    payload = ndvi_payload(s3, bucket, download_assets=None)  # --download-assets says
     url_in = put_json(s3, bucket, "payloads/ndvi-in.json", payload)
+    notebook = tmp_path / "ndvi.ipynb"
+    notebook.write_bytes((NOTEBOOKS / "ndvi.ipynb").read_bytes())
     result = run_cli(
         "run",
-        REPO / "notebooks/ndvi.ipynb",
+        notebook,
         url_in,
         "--output",
         f"s3://{bucket}/payloads/ndvi-out.json",
@@ -288,14 +270,12 @@ def test_ndvi_from_s3_assets_to_s3(remote_bands, s3: Any, bucket: str, write_jso
         "red,nir",
     )
     assert result.returncode == 0, result.stderr
-    [item] = get_json(s3, bucket, "payloads/ndvi-out.json")["features"]
+    [item] = get_json(s3, f"s3://{bucket}/payloads/ndvi-out.json")["features"]
+    assert item["id"] == f"{NDVI_ID}_ndvi"
     href = item["assets"]["ndvi"]["href"]
-    assert href == f"s3://{bucket}/ndvi/{item['id']}/{item['id']}.tif".replace(
-        f"{item['id']}.tif", "S2B_33TUG_20240704_0_L2A-sample_ndvi.tif"
-    )
-    body = s3.get_object(Bucket=bucket, Key=href.split(f"{bucket}/", 1)[1])["Body"].read()
-    assert body[:2] in (b"II", b"MM")  # a TIFF
-    assert_no_local_hrefs({"features": [item]})
+    assert href == f"s3://{bucket}/ndvi/{NDVI_ID}_ndvi/{NDVI_ID}_ndvi.tif"
+    assert get_bytes(s3, href)[:2] in (b"II", b"MM")  # a TIFF
+    assert local_hrefs(item["assets"]) == []
 
 
 def test_missing_asset_to_download_is_invalid_input(remote_bands, tmp_path: Path, write_json):
@@ -330,8 +310,8 @@ except Exception as err:
 
 
 def invoke_lambda(notebook: Path, event: Any, **env: str) -> tuple[Any, str]:
-    import os
-
+    """Call nb2task.lambda_handler in a fresh Python, as Lambda's runtime would; its
+    result (or error) and its logs. NB2TASK_ENGINE passes through the environment."""
     proc = subprocess.run(
         [sys.executable, "-c", LAMBDA_CALL],
         input=json.dumps(event),
@@ -344,7 +324,7 @@ def invoke_lambda(notebook: Path, event: Any, **env: str) -> tuple[Any, str]:
     return json.loads(proc.stdout.strip().splitlines()[-1]), proc.stderr
 
 
-def test_lambda_payload_and_url_events(s3: Any, bucket: str, writer: Path) -> None:
+def test_lambda_payload_and_url_events(s3: Any, bucket: str, writer: Path, engine: str) -> None:
     payload = make_payload(
         upload_options={"path_template": f"s3://{bucket}/${{id}}", "s3_urls": True}
     )
@@ -353,6 +333,7 @@ def test_lambda_payload_and_url_events(s3: Any, bucket: str, writer: Path) -> No
     assert (
         out["features"][0]["assets"]["result"]["href"] == f"s3://{bucket}/item-1/item-1-result.txt"
     )
+    assert f"({engine} engine)" in logs  # the handler read NB2TASK_ENGINE
     lines = [line for line in logs.splitlines() if "nb2task" in line or "writer" in line]
     assert lines and all("req-1234" in line for line in lines)
     assert any(payload["id"] in line for line in lines)
@@ -373,7 +354,7 @@ def test_lambda_offloads_oversized_output(s3: Any, bucket: str, tmp_path: Path) 
     out, _ = invoke_lambda(nb, payload, CIRRUS_PAYLOAD_BUCKET=bucket)
     assert list(out) == ["url"]
     assert out["url"].startswith(f"s3://{bucket}/tmp/oversized/") and out["url"].endswith(".json")
-    stored = get_json(s3, bucket, out["url"].split(f"{bucket}/", 1)[1])
+    stored = get_json(s3, out["url"])
     assert stored["features"][0]["properties"]["padding"] == "é" * 50_000
 
     small, _ = invoke_lambda(
@@ -394,57 +375,28 @@ def test_lambda_errors_keep_their_type(tmp_path: Path) -> None:
     assert "stactask.exceptions.InvalidInput: cloudy" in logs
 
 
-def test_download_inside_a_running_event_loop(remote_bands: dict[str, Any], tmp_path: Path) -> None:
-    """As in Jupyter or an async runtime: stactask's own sync helpers fail there."""
-    import asyncio
-    import warnings
-
-    from nb2task.assets import download_assets
-
-    async def in_a_loop() -> list[dict[str, Any]]:
-        return download_assets([remote_bands], ["red"], tmp_path / "dl")
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", DeprecationWarning)  # no get_event_loop warning
-        [item] = asyncio.run(in_a_loop())
-    red = Path(item["assets"]["red"]["href"])
-    assert red.is_absolute() and red.read_bytes()[:2] in (b"II", b"MM")
-    assert item["assets"]["nir"]["href"].startswith("s3://")  # not asked for: left remote
-
-
 def test_in_image_cli_takes_the_notebook_from_the_environment(
     s3: Any, bucket: str, writer: Path
 ) -> None:
     """Batch runs the image as `nb2task-task run URL --output URL_OUT`."""
-    import os
-
     payload = make_payload(upload_options={"path_template": f"s3://{bucket}/${{id}}"})
     url_in = put_json(s3, bucket, "in.json", payload)
-    proc = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "nb2task-task"),
-            "run",
-            url_in,
-            "--output",
-            f"s3://{bucket}/out.json",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        env={**os.environ, "NB2TASK_NOTEBOOK": str(writer)},
+    result = run_cli(
+        "run",
+        url_in,
+        "--output",
+        f"s3://{bucket}/out.json",
+        program=NB2TASK_TASK,
+        env={"NB2TASK_NOTEBOOK": str(writer)},
     )
-    assert proc.returncode == 0, proc.stderr
-    assert get_json(s3, bucket, "out.json")["features"][0]["id"] == "item-1"
+    assert result.returncode == 0, result.stderr
+    assert get_json(s3, f"s3://{bucket}/out.json")["features"][0]["id"] == "item-1"
 
-    missing = subprocess.run(
-        [str(Path(sys.executable).parent / "nb2task-task"), "run", url_in],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={k: v for k, v in os.environ.items() if k != "NB2TASK_NOTEBOOK"},
+    missing = run_cli(
+        "run", url_in, program=NB2TASK_TASK, env={"NB2TASK_NOTEBOOK": None}, timeout=60
     )
     assert missing.returncode == 2
-    assert missing.stderr.splitlines()[-1] == (
+    assert missing.last_stderr_line == (
         "nb2task.errors.UsageError: NB2TASK_NOTEBOOK is not set: the image must name its notebook"
     )
 

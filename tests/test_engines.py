@@ -19,7 +19,7 @@ from typing import Any
 
 import nbformat
 import pytest
-from nbtest import write_notebook
+from support import write_notebook
 
 from nb2task.engines import Executor, Limits, create_executor
 from nb2task.errors import NotebookCellError, NotebookDiedError, RunTimeoutError

@@ -1,4 +1,9 @@
-"""The shipped example notebooks, the real Cirrus/stactask fixture payloads, ``inspect``."""
+"""The shipped example notebooks and the real Cirrus/stactask fixture payloads, under each
+engine (the ``engine`` fixture). ``inspect`` of the examples: test_cli.py.
+
+The examples run from a copy in tmp_path (``examples``): a notebook's cwd is its own
+folder, and nothing may be written into the repository.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +12,29 @@ import shutil
 from pathlib import Path
 
 import pytest
-from nbtest import FIXTURES, REPO, run_cli, write_notebook
+from support import NOTEBOOKS, PAYLOADS, listing, run_cli, write_notebook
 
-NOTEBOOKS = REPO / "notebooks"
-PAYLOADS = FIXTURES / "payloads"
+pytestmark = pytest.mark.usefixtures("engine")
 
 
-def test_ndvi_example_writes_a_derived_cog(tmp_path: Path) -> None:
+@pytest.fixture
+def examples(tmp_path: Path) -> Path:
+    """A copy of notebooks/ (the examples and their sample data)."""
+    copy = tmp_path / "notebooks"
+    shutil.copytree(NOTEBOOKS, copy, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    return copy
+
+
+def test_ndvi_example_writes_a_derived_cog(examples: Path, tmp_path: Path) -> None:
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
     result = run_cli(
-        "run", NOTEBOOKS / "ndvi.ipynb", NOTEBOOKS / "ndvi.payload.json", "--local", cwd=tmp_path
+        "run", examples / "ndvi.ipynb", examples / "ndvi.payload.json", "--local", cwd=cwd
     )
     assert result.returncode == 0, result.stderr
-    out_dir = tmp_path / "local-output"
+    out_dir = cwd / "local-output"  # --local: relative to the current directory
     out = json.loads((out_dir / "output-payload.json").read_text())
-    source = json.loads((NOTEBOOKS / "ndvi.payload.json").read_text())
+    source = json.loads((examples / "ndvi.payload.json").read_text())
     assert out["id"] == source["id"] and out["process"] == source["process"]
     [item] = out["features"]
     assert item["id"] == "S2B_33TUG_20240704_0_L2A-sample_ndvi"
@@ -47,28 +61,38 @@ def test_ndvi_example_writes_a_derived_cog(tmp_path: Path) -> None:
     assert "<html" in (out_dir / "ndvi.executed.html").read_text()
 
 
-def test_minimal_example(tmp_path: Path) -> None:
+def test_minimal_example(examples: Path, tmp_path: Path) -> None:
+    workdir = tmp_path / "work"
     result = run_cli(
-        "run", NOTEBOOKS / "minimal.ipynb", NOTEBOOKS / "minimal.payload.json", "--no-upload"
+        "run",
+        examples / "minimal.ipynb",
+        examples / "minimal.payload.json",
+        "--no-upload",
+        "--workdir",
+        workdir,
     )
     assert result.returncode == 0, result.stderr
     [item] = json.loads(result.stdout)["features"]
     assert item["properties"]["nb2task:note"] == "hello from the sample payload"
     # Relative asset hrefs of a local payload file resolve against the file's folder.
-    assert item["assets"]["red"]["href"] == str((NOTEBOOKS / "data" / "sample-red.tif").resolve())
+    assert item["assets"]["red"]["href"] == str((examples / "data" / "sample-red.tif").resolve())
+    assert (workdir / "minimal.executed.ipynb").exists()
 
 
-def test_examples_run_unchanged_as_plain_notebooks(tmp_path: Path) -> None:
-    """In Jupyter the defaults are used: no nb2task run around the notebook."""
+# No nb2task engine runs here: papermill's own Jupyter kernel does (the id says "jupyter").
+@pytest.mark.parametrize("engine", ["jupyter"])
+def test_examples_run_unchanged_as_plain_notebooks(examples: Path, tmp_path: Path) -> None:
+    """In Jupyter the defaults are used: no nb2task run around the notebook (and so no
+    nb2task engine: papermill runs it in a Jupyter kernel, as Jupyter would)."""
     import papermill
 
     for name in ("minimal", "ndvi"):
         executed = papermill.execute_notebook(
-            str(NOTEBOOKS / f"{name}.ipynb"),
-            str(tmp_path / f"{name}.ipynb"),
+            str(examples / f"{name}.ipynb"),
+            str(tmp_path / f"{name}.executed.ipynb"),
             kernel_name="python3",
             progress_bar=False,
-            cwd=str(NOTEBOOKS),
+            cwd=str(examples),
         )
         shown = [
             o["data"]["text/plain"]
@@ -77,9 +101,8 @@ def test_examples_run_unchanged_as_plain_notebooks(tmp_path: Path) -> None:
             if "application/vnd.nb2task.items+json" in o.get("data", {})
         ]
         assert shown and "nb2task: emitting 1 item(s)" in shown[-1]
-    # The plain run wrote its COG beside the notebook (workdir "."): clean it up.
-    for leftover in NOTEBOOKS.glob("*_ndvi.tif"):
-        leftover.unlink()
+    # The plain run wrote its COG beside the notebook (its default workdir is ".").
+    assert (examples / "S2B_33TUG_20240704_0_L2A-sample_ndvi.tif").exists()
 
 
 ECHO_NOTEBOOK = (
@@ -94,7 +117,16 @@ def test_stactask_fixture_runs(tmp_path: Path) -> None:
         PAYLOADS
         / "stactask-v0.7.0_sentinel2-l2a-j2k_two-items_process-list_legacy-collections.json"
     )
-    result = run_cli("run", nb, payload, "--task-name", "nothing-task", "--no-upload")
+    result = run_cli(
+        "run",
+        nb,
+        payload,
+        "--task-name",
+        "nothing-task",
+        "--no-upload",
+        "--workdir",
+        tmp_path / "w",
+    )
     assert result.returncode == 0, result.stderr
     out = json.loads(result.stdout)
     source = json.loads(payload.read_text())
@@ -136,6 +168,7 @@ def test_stactask_fixture_other_task_options_are_checked(tmp_path: Path) -> None
             "(this looks like a Step Functions/Batch event, not a payload)",
         ),
     ],
+    ids=["basic-minimal", "cog-archive", "post-batch-event"],
 )
 def test_fixtures_stactask_rejects_are_invalid_input(
     tmp_path: Path, fixture: str, message: str
@@ -146,50 +179,17 @@ def test_fixtures_stactask_rejects_are_invalid_input(
     assert result.returncode == 3
     assert result.last_stderr_line.startswith(f"stactask.exceptions.InvalidInput: {message}")
     assert "Traceback" not in result.stderr
-    assert not list(workdir.glob("*.ipynb"))  # rejected before any kernel started
+    # Rejected before the notebook ran: had it run, the workdir would hold the input
+    # payload written for it and the executed notebook.
+    assert listing(workdir) == []
 
 
-def test_inspect_table() -> None:
-    result = run_cli("inspect", NOTEBOOKS / "ndvi.ipynb")
-    assert result.returncode == 0, result.stderr
-    lines = result.stdout.splitlines()
-    assert lines[0].startswith("ndvi 0.1.0: ")
-    assert lines[1].split() == ["name", "type", "default", "help"]
-    threshold = next(line for line in lines if line.startswith("threshold"))
-    assert threshold.split()[:3] == ["threshold", "number", "0.2"]
-    assert threshold.endswith("NDVI below this is masked as nodata")
-    assert lines[-1] == "injected by nb2task: payload, workdir"
-
-
-def test_inspect_json_schema() -> None:
-    result = run_cli("inspect", NOTEBOOKS / "ndvi.ipynb", "--json")
-    assert result.returncode == 0, result.stderr
-    schema = json.loads(result.stdout)
-    assert schema["title"] == "ndvi"
-    assert schema["properties"]["threshold"] == {
-        "type": "number",
-        "default": 0.2,
-        "description": "NDVI below this is masked as nodata",
-    }
-    assert set(schema["properties"]) == {"threshold", "red_asset", "nir_asset"}
-
-    import jsonschema
-
-    jsonschema.validate({"threshold": 0.4}, schema)
-    with pytest.raises(jsonschema.ValidationError):
-        jsonschema.validate({"threshold": "high"}, schema)
-
-
-def test_notebook_copied_elsewhere_still_runs(tmp_path: Path) -> None:
-    """A notebook's cwd is its own folder, as in Jupyter."""
-    shutil.copytree(NOTEBOOKS, tmp_path / "nbs", ignore=shutil.ignore_patterns("*.tif"))
-    (tmp_path / "nbs" / "data").mkdir(exist_ok=True)
-    for tif in (NOTEBOOKS / "data").glob("*.tif"):
-        shutil.copy(tif, tmp_path / "nbs" / "data")
+def test_notebook_copied_elsewhere_still_runs(examples: Path, tmp_path: Path) -> None:
+    """A notebook's cwd is its own folder, as in Jupyter (``examples`` is a copy)."""
     result = run_cli(
         "run",
-        tmp_path / "nbs" / "ndvi.ipynb",
-        tmp_path / "nbs" / "ndvi.payload.json",
+        examples / "ndvi.ipynb",
+        examples / "ndvi.payload.json",
         "--workdir",
         tmp_path / "w",
         "--no-upload",

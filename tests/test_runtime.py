@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pystac
 import pytest
-from nbtest import make_payload, sample_item
+from support import make_payload, sample_item
 
 import nb2task
 

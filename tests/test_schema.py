@@ -141,3 +141,49 @@ def test_typing_annotations() -> None:
 def test_syntax_error_is_a_notebook_error() -> None:
     with pytest.raises(NotebookError, match="not valid Python"):
         ParameterSchema.from_source("threshold = = 1")
+
+
+def test_workflow_options_fill_what_the_task_does_not_say(schema: ParameterSchema) -> None:
+    # A required parameter may come from workflow_options; reserved names there are
+    # another task's business (workflow_options are shared), not an error.
+    assert schema.resolve({}, {"count": 2, "payload": "x", "workdir": "y"}) == {"count": 2}
+    assert schema.resolve({"count": 3}, {"count": 2}) == {"count": 3}
+    assert schema.resolve({"count": 3}, {"count": 2}, {"count": "4"}) == {"count": 4}
+
+
+def test_reserved_names_in_task_options_are_invalid(schema: ParameterSchema) -> None:
+    with pytest.raises(InvalidInput, match=r"^parameter 'workdir' is reserved: nb2task sets it"):
+        schema.resolve({"count": 1, "workdir": "/tmp"})
+
+
+def test_cli_values_by_declared_type() -> None:
+    schema = ParameterSchema.from_source(
+        'name: str = "x"\nratio: float = 0.5\nflag: bool = False\nitems: list = []\n'
+    )
+    # A string parameter takes the text as it is, even when it looks like JSON.
+    resolved = schema.resolve({}, {}, {"name": "42", "ratio": "1", "flag": "true"})
+    assert resolved == {"name": "42", "ratio": 1.0, "flag": True}  # defaults: the notebook's
+    assert isinstance(resolved["ratio"], float)
+    with pytest.raises(InvalidInput, match=r"^parameter 'items' must be array, got str 'a,b'"):
+        schema.resolve({}, {}, {"items": "a,b"})
+
+
+def test_ipython_syntax_and_reassignment_in_the_parameters_cell() -> None:
+    schema = ParameterSchema.from_source(
+        "%matplotlib inline\n!echo hello\nlevel = 1  # first\nlevel = 'high'  # wins\n"
+    )
+    [level] = schema.parameters
+    assert (level.name, level.types, level.default, level.help) == (
+        "level",
+        ("string",),
+        "high",
+        "wins",
+    )
+
+
+def test_a_computed_default_has_no_default_in_the_json_schema(schema: ParameterSchema) -> None:
+    js = schema.json_schema()
+    assert "default" not in js["properties"]["computed"]
+    assert "type" not in js["properties"]["computed"]  # any type
+    assert schema.resolve({"count": 1, "computed": [1]}) == {"count": 1, "computed": [1]}
+    assert "computed" not in schema.resolve({"count": 1})  # the notebook computes it

@@ -15,74 +15,41 @@ from __future__ import annotations
 import json
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import nbformat
 import pytest
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
+from support import NOTEBOOKS, REPO, CliResult, run_cli, write_notebook
 
 pytestmark = pytest.mark.cirrus
 
 HERE = Path(__file__).resolve().parent
-REPO = HERE.parent.parent
-NOTEBOOKS = REPO / "notebooks"
 MINIMAL_PAYLOAD = NOTEBOOKS / "minimal.payload.json"
 CIRRUS_FIXTURE = HERE / "fixtures" / "cirrus-geo-v2.0.0_basic-minimal_one-item.json"
-NB2TASK = Path(sys.executable).parent / "nb2task"
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INVALID_INPUT = 0, 1, 2, 3
 INVALID_INPUT = "stactask.exceptions.InvalidInput"
 
 
-def run_cli(
-    notebook: Path, payload: Path, workdir: Path, *extra: str
-) -> subprocess.CompletedProcess[str]:
+def run_local(notebook: Path, payload: Path, workdir: Path, *extra: str) -> CliResult:
     """``nb2task run NOTEBOOK PAYLOAD --local --workdir WORKDIR``, as a user runs it."""
-    return subprocess.run(
-        [
-            str(NB2TASK),
-            "run",
-            str(notebook),
-            str(payload),
-            "--local",
-            "--workdir",
-            str(workdir),
-            *extra,
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-        cwd=REPO,
-    )
+    return run_cli("run", notebook, payload, "--local", "--workdir", workdir, *extra, cwd=REPO)
 
 
-def write_notebook(path: Path, code: str) -> Path:
+def failing_notebook(path: Path, code: str) -> Path:
     """A notebook with a ``parameters`` cell, a harmless cell, then ``code``."""
-    parameters = new_code_cell('payload = "x.json"  # path of the input payload')
-    parameters.metadata["tags"] = ["parameters"]
-    notebook = new_notebook(
-        cells=[
-            new_markdown_cell("A failing notebook for the Cirrus compatibility tests."),
-            parameters,
-            new_code_cell("import nb2task\nitems = nb2task.read_items(payload)"),
-            new_code_cell(code),
-            new_code_cell("nb2task.emit(items)"),
-        ],
-        metadata={
-            "kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}
-        },
+    return write_notebook(
+        path,
+        'payload = "x.json"  # path of the input payload',
+        "import nb2task\nitems = nb2task.read_items(payload)",
+        code,
+        "nb2task.emit(items)",
+        markdown="A failing notebook for the Cirrus compatibility tests.",
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    nbformat.write(notebook, path)
-    return path
 
 
 def judge_failure(
-    judge: Any, run: subprocess.CompletedProcess[str], tmp_path: Path, input_payload: Path
+    judge: Any, run: CliResult, tmp_path: Path, input_payload: Path
 ) -> dict[str, Any]:
     """Cirrus' Batch failure path on the run's log; the run must have failed cleanly."""
     assert run.returncode != 0, run.stderr[-3000:]
@@ -103,8 +70,9 @@ def judge_failure(
 def test_output_payload_passes_cirrus(name: str, judge: Any, tmp_path: Path) -> None:
     """The output payload of an example notebook is a valid Cirrus payload, and Cirrus'
     Batch success path (post-batch → update-state) records SUCCEEDED and publishes it."""
-    input_payload = NOTEBOOKS / f"{name}.payload.json"
-    run = run_cli(NOTEBOOKS / f"{name}.ipynb", input_payload, tmp_path / "work")
+    examples = shutil.copytree(NOTEBOOKS, tmp_path / "notebooks")  # nothing lands in the repo
+    input_payload = examples / f"{name}.payload.json"
+    run = run_local(examples / f"{name}.ipynb", input_payload, tmp_path / "work")
     assert run.returncode == EXIT_OK, run.stderr[-3000:]
     output = tmp_path / "work" / "output-payload.json"
     assert output.exists()
@@ -127,12 +95,12 @@ def test_output_payload_passes_cirrus(name: str, judge: Any, tmp_path: Path) -> 
 
 
 def test_notebook_raising_invalid_input_is_invalid_in_cirrus(judge: Any, tmp_path: Path) -> None:
-    notebook = write_notebook(
+    notebook = failing_notebook(
         tmp_path / "invalid_input.ipynb",
         "from stactask.exceptions import InvalidInput\n"
         'raise InvalidInput("the scene has no red band")',
     )
-    run = run_cli(notebook, MINIMAL_PAYLOAD, tmp_path / "work")
+    run = run_local(notebook, MINIMAL_PAYLOAD, tmp_path / "work")
     assert run.returncode == EXIT_INVALID_INPUT, run.stderr[-3000:]
     verdict = judge_failure(judge, run, tmp_path, MINIMAL_PAYLOAD)
     assert verdict["error_type"] == INVALID_INPUT, verdict
@@ -142,8 +110,8 @@ def test_notebook_raising_invalid_input_is_invalid_in_cirrus(judge: Any, tmp_pat
 
 
 def test_notebook_raising_zero_division_is_failed_in_cirrus(judge: Any, tmp_path: Path) -> None:
-    notebook = write_notebook(tmp_path / "zero_division.ipynb", "ratio = 1 / 0")
-    run = run_cli(notebook, MINIMAL_PAYLOAD, tmp_path / "work")
+    notebook = failing_notebook(tmp_path / "zero_division.ipynb", "ratio = 1 / 0")
+    run = run_local(notebook, MINIMAL_PAYLOAD, tmp_path / "work")
     assert run.returncode == EXIT_FAILED, run.stderr[-3000:]
     verdict = judge_failure(judge, run, tmp_path, MINIMAL_PAYLOAD)
     assert verdict["error_type"] == "ZeroDivisionError", verdict
@@ -157,7 +125,7 @@ def test_payload_rejected_by_stactask_is_invalid_in_cirrus(judge: Any, tmp_path:
     """cirrus-geo's own test payload uses a regex in upload_options.collections, which
     stactask 0.7 rejects: bad input, so INVALID (and no kernel started)."""
     assert judge("validate-payload", CIRRUS_FIXTURE)["valid"]  # Cirrus itself accepts it
-    run = run_cli(NOTEBOOKS / "minimal.ipynb", CIRRUS_FIXTURE, tmp_path / "work")
+    run = run_local(NOTEBOOKS / "minimal.ipynb", CIRRUS_FIXTURE, tmp_path / "work")
     assert run.returncode == EXIT_INVALID_INPUT, run.stderr[-3000:]
     verdict = judge_failure(judge, run, tmp_path, CIRRUS_FIXTURE)
     assert verdict["error_type"] == INVALID_INPUT, verdict
@@ -169,12 +137,12 @@ def test_long_invalid_input_message_still_parses(judge: Any, tmp_path: Path) -> 
     """A CloudWatch Logs event holds at most 262,118 bytes; Batch's log driver splits a
     longer line and post-batch then reads only its tail: the error line must stay short
     (Docker's non-blocking awslogs mode even splits at 16 KiB)."""
-    notebook = write_notebook(
+    notebook = failing_notebook(
         tmp_path / "long_message.ipynb",
         "from stactask.exceptions import InvalidInput\n"
         'raise InvalidInput("bad band: " + "x" * 300_000)',
     )
-    run = run_cli(notebook, MINIMAL_PAYLOAD, tmp_path / "work")
+    run = run_local(notebook, MINIMAL_PAYLOAD, tmp_path / "work")
     assert run.returncode == EXIT_INVALID_INPUT, run.stderr[-3000:]
     last_line = run.stderr.splitlines()[-1]
     verdict = judge_failure(judge, run, tmp_path, MINIMAL_PAYLOAD)
@@ -186,14 +154,20 @@ def test_long_invalid_input_message_still_parses(judge: Any, tmp_path: Path) -> 
     assert len(last_line.encode()) <= 16 * 1024
 
 
-def test_dead_kernel_is_a_named_failure(judge: Any, tmp_path: Path) -> None:
-    """A kernel killed mid-run (as by the OOM killer) still ends in a parseable line."""
-    notebook = write_notebook(tmp_path / "dead_kernel.ipynb", "import os\nos.kill(os.getpid(), 9)")
-    run = run_cli(notebook, MINIMAL_PAYLOAD, tmp_path / "work")
+@pytest.mark.usefixtures("engine")
+def test_dead_kernel_is_a_named_failure(judge: Any, tmp_path: Path, engine: str) -> None:
+    """The process running the notebook killed mid-run (as by the OOM killer) still ends
+    in a parseable line, under each engine. The wording differs by engine: the kernel
+    engine's kernel died, the fork engine's (forked) process died."""
+    notebook = failing_notebook(
+        tmp_path / "dead_kernel.ipynb", "import os\nos.kill(os.getpid(), 9)"
+    )
+    run = run_local(notebook, MINIMAL_PAYLOAD, tmp_path / "work")
     assert run.returncode == EXIT_FAILED, run.stderr[-3000:]
     verdict = judge_failure(judge, run, tmp_path, MINIMAL_PAYLOAD)
-    assert verdict["error_type"] != "UnknownError", verdict
-    assert re.search(r"kernel", verdict["error_message"], re.IGNORECASE), verdict
+    assert verdict["error_type"] == "nb2task.errors.NotebookDiedError", verdict
+    died = "kernel died" if engine == "kernel" else "process died"
+    assert f"the notebook's {died} (killed by SIGKILL)" in verdict["error_message"], verdict
     assert verdict["state"] == "FAILED"
 
 

@@ -21,7 +21,7 @@ import images
 import pytest
 import yaml
 from images import TaskImages
-from nbtest import NB2TASK, REPO, write_notebook
+from support import NB2TASK, REPO, write_notebook
 
 HERE = Path(__file__).resolve().parent
 

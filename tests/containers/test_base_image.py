@@ -14,6 +14,7 @@ from pathlib import Path
 import images
 import nbformat
 import pytest
+from support import REPO, write_notebook
 
 import nb2task
 
@@ -116,21 +117,11 @@ def test_bytecode_is_compiled(nb2task_base_image: str) -> None:
 
 
 def test_notebook_runs_with_papermill_read_only(nb2task_base_image: str, tmp_path: Path) -> None:
-    nb = nbformat.v4.new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    params = nbformat.v4.new_code_cell("n = 2")
-    params.metadata["tags"] = ["parameters"]
-    nb.cells = [
-        params,
-        nbformat.v4.new_code_cell(
-            "import os, sys\nprint('result', n * 21, os.getuid(), sys.prefix)"
-        ),
-    ]
-    (tmp_path / "t.ipynb").write_text(nbformat.writes(nb))
+    write_notebook(
+        tmp_path / "t.ipynb",
+        "n = 2",
+        "import os, sys\nprint('result', n * 21, os.getuid(), sys.prefix)",
+    )
     tmp_path.chmod(0o755)
     (tmp_path / "t.ipynb").chmod(0o644)
     t0 = time.monotonic()
@@ -216,8 +207,6 @@ def test_nb2task_build_builds_both_images(nb2task_base_image: str, tmp_path: Pat
     """`nb2task build --build`: notebook in, both images out, in one command."""
     import subprocess
     import sys
-
-    from nbtest import REPO
 
     tag = f"t{int(time.time())}"
     proc = subprocess.run(

@@ -25,85 +25,29 @@ from typing import Any
 import images
 import pytest
 from images import REPORT, TaskImages
-from nbtest import REPO, make_payload, sample_item
+from support import (
+    NDVI_ID,
+    aws_client,
+    aws_env,
+    get_bytes,
+    get_json,
+    keys,
+    local_hrefs,
+    make_payload,
+    ndvi_payload,
+    put_json,
+    sample_item,
+)
 
 pytestmark = pytest.mark.container
 
-AWS_CREDENTIALS = {
-    "AWS_ACCESS_KEY_ID": "testing",
-    "AWS_SECRET_ACCESS_KEY": "testing",
-    "AWS_REGION": "us-east-1",
-    "AWS_DEFAULT_REGION": "us-east-1",
-}
 # As in Lambda: read-only root, only /tmp writable, an unprivileged user (sbx_user1051).
 LAMBDA_USER = "993:990"
-NDVI_ID = "S2B_33TUG_20240704_0_L2A-sample"
 INVOKE_PATH = "/2015-03-31/functions/function/invocations"
-
-
-def aws_env(endpoint: str) -> dict[str, str]:
-    """What a container needs to reach the moto server as if it were AWS."""
-    return {**AWS_CREDENTIALS, "AWS_ENDPOINT_URL": endpoint}
 
 
 def env_args(env: dict[str, str]) -> list[str]:
     return [arg for key, value in env.items() for arg in ("-e", f"{key}={value}")]
-
-
-# --- S3 helpers -----------------------------------------------------------------------
-
-
-def put_json(s3: Any, bucket: str, key: str, document: Any) -> str:
-    s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(document).encode())
-    return f"s3://{bucket}/{key}"
-
-
-def get_json(s3: Any, url: str) -> Any:
-    bucket, key = url.removeprefix("s3://").split("/", 1)
-    return json.loads(s3.get_object(Bucket=bucket, Key=key)["Body"].read())
-
-
-def get_bytes(s3: Any, url: str) -> bytes:
-    assert url.startswith("s3://"), url
-    bucket, key = url.removeprefix("s3://").split("/", 1)
-    body: bytes = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
-    return body
-
-
-def keys(s3: Any, bucket: str, prefix: str = "") -> set[str]:
-    found = s3.list_objects_v2(Bucket=bucket, Prefix=prefix).get("Contents", [])
-    return {o["Key"] for o in found}
-
-
-def hrefs(document: Any) -> Iterator[str]:
-    """Every href in a JSON document."""
-    if isinstance(document, dict):
-        for key, value in document.items():
-            if key == "href" and isinstance(value, str):
-                yield value
-            else:
-                yield from hrefs(value)
-    elif isinstance(document, list):
-        for value in document:
-            yield from hrefs(value)
-
-
-def local_hrefs(document: Any) -> list[str]:
-    return [h for h in hrefs(document) if not re.match(r"^(s3|https?)://", h)]
-
-
-def ndvi_payload(s3: Any, bucket: str) -> dict[str, Any]:
-    """The NDVI sample payload with its red and NIR bands on the moto S3, outputs to bucket."""
-    payload: dict[str, Any] = json.loads((REPO / "notebooks/ndvi.payload.json").read_text())
-    [item] = payload["features"]
-    for band in ("red", "nir"):
-        key = f"src/{band}.tif"
-        s3.upload_file(str(REPO / "notebooks/data" / f"sample-{band}.tif"), bucket, key)
-        item["assets"][band]["href"] = f"s3://{bucket}/{key}"
-    process = payload["process"][0]
-    process["upload_options"]["path_template"] = f"s3://{bucket}/ndvi/${{id}}/"
-    process["tasks"]["ndvi"]["download_assets"] = ["red", "nir"]
-    return payload
 
 
 def check_ndvi_output(s3: Any, bucket: str, output: dict[str, Any]) -> None:
@@ -215,7 +159,7 @@ def run_batch(
 @pytest.fixture(scope="module")
 def ndvi_batch_run(ndvi_task: TaskImages, s3_endpoint: str) -> dict[str, Any]:
     """The NDVI Batch image run once on a payload in S3, as Batch runs it."""
-    s3 = boto("s3", s3_endpoint)
+    s3 = aws_client("s3", s3_endpoint)
     bucket = "nb2task-batch-image-ndvi"
     s3.create_bucket(Bucket=bucket)
     url_in = put_json(s3, bucket, "payloads/in.json", ndvi_payload(s3, bucket))
@@ -506,18 +450,6 @@ def moto_batch(docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> It
             images.docker("rm", "-f", name, check=False)
 
 
-def boto(service: str, endpoint: str) -> Any:
-    import boto3
-
-    return boto3.client(
-        service,
-        endpoint_url=endpoint,
-        region_name=AWS_CREDENTIALS["AWS_REGION"],
-        aws_access_key_id=AWS_CREDENTIALS["AWS_ACCESS_KEY_ID"],
-        aws_secret_access_key=AWS_CREDENTIALS["AWS_SECRET_ACCESS_KEY"],
-    )
-
-
 def snake_to_camel(value: Any) -> Any:
     """FilmDrop's snake_case keys (retry_strategy) as Batch's API spells them."""
     if isinstance(value, dict):
@@ -567,7 +499,7 @@ def wait_for_jobs(
 
 def log_messages(endpoint: str, job: dict[str, Any]) -> list[str]:
     stream = job["container"]["logStreamName"]
-    events = boto("logs", endpoint).get_log_events(
+    events = aws_client("logs", endpoint).get_log_events(
         logGroupName="/aws/batch/job", logStreamName=stream, startFromHead=True
     )["events"]
     return [e["message"] for e in events]
@@ -577,11 +509,11 @@ def test_batch_jobs_through_the_batch_api(
     moto_batch: str, ndvi_task: TaskImages, failing_task: TaskImages
 ) -> None:
     endpoint = moto_batch
-    s3, batch = boto("s3", endpoint), boto("batch", endpoint)
+    s3, batch = aws_client("s3", endpoint), aws_client("batch", endpoint)
     bucket = "nb2task-batch-api"
     s3.create_bucket(Bucket=bucket)
 
-    role_arn = boto("iam", endpoint).create_role(
+    role_arn = aws_client("iam", endpoint).create_role(
         RoleName="nb2task-batch-service",
         AssumeRolePolicyDocument=json.dumps(
             {
