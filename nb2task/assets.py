@@ -23,6 +23,7 @@ from stactask.exceptions import InvalidInput
 from stactask.payload import Payload
 
 from .errors import AssetError
+from .paths import check_url, inside, safe_name
 
 logger = logging.getLogger(__name__)
 
@@ -62,9 +63,14 @@ def download_assets(
         overwrite=True,  # a rerun in the same workdir replaces what an earlier run left
     )
     items = [pystac.Item.from_dict(f, preserve_dict=True) for f in features]
+    for index, item in enumerate(items):
+        # Each item's folder is named by us: an id or collection from the payload (say
+        # "../../etc") must not choose where files go.
+        item.id = f"{index:04d}-{safe_name(item.id)}"
+        item.collection_id = None
     missing = [
-        f"{item.id}:{key}"
-        for item in items
+        f"{feature['id']}:{key}"
+        for feature, item in zip(features, items, strict=True)
         for key in keys
         if key != ALL_ASSETS and key not in item.assets
     ]
@@ -74,7 +80,7 @@ def download_assets(
         downloaded = run_coroutine(
             download_items_assets(
                 items,
-                path_template=str(directory / "${collection}" / "${id}"),
+                path_template=str(directory / "${id}"),
                 config=config,
                 keep_non_downloaded=True,
             )
@@ -85,9 +91,16 @@ def download_assets(
     for feature, item in zip(features, downloaded, strict=True):
         item.make_asset_hrefs_absolute()
         local = item.to_dict(transform_hrefs=False)
+        local["id"], local["collection"] = feature["id"], feature.get("collection")
+        if local["collection"] is None:
+            local.pop("collection")
         # stac-asset points the self link at the item.json it wrote in the workdir: the
         # notebook sees the item's own links (no local path leaks into derived_from).
         local["links"] = copy.deepcopy(feature.get("links", []))
+        for key, asset in local.get("assets", {}).items():
+            href = str(asset.get("href", ""))
+            if "://" not in href or href.startswith("file://"):
+                inside(directory, Path(href.removeprefix("file://")), f"asset '{key}'")
         result.append(local)
     logger.info("downloaded assets %s of %d item(s) into %s", list(keys), len(result), directory)
     return result
@@ -123,6 +136,7 @@ def upload_local_assets(
                 uploaded.append(feature)
                 continue
             options = payload.get_collection_upload_options(feature.get("collection"))
+            client.template = options.get("path_template")
             if "path_template" not in options:
                 # The payload gives the task's outputs nowhere to go: bad input, not a bug.
                 raise InvalidInput(
@@ -146,6 +160,7 @@ class S3Client(BotoS3):  # type: ignore[misc]
     def __init__(self) -> None:
         super().__init__()
         self.uploaded: list[tuple[str, str]] = []
+        self.template: str | None = None  # every upload must stay under its fixed prefix
 
     def upload(
         self,
@@ -155,6 +170,8 @@ class S3Client(BotoS3):  # type: ignore[misc]
         extra: Any = None,
         http_url: bool = False,
     ) -> str:
+        if self.template:
+            check_url(url, self.template, f"upload of {Path(filename).name}")
         out: str = super().upload(
             filename, url, public=public, extra=dict(extra or {}), http_url=http_url
         )

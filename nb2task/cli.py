@@ -214,6 +214,7 @@ def task_main(argv: list[str] | None = None) -> int:
     args = build_task_parser().parse_args(argv)
     args.notebook = Path(os.environ.get("NB2TASK_NOTEBOOK", ""))
     args.task_name = args.task_name or os.environ.get("NB2TASK_TASK_NAME") or None
+    args.in_image = True  # a {"url"} payload is followed to s3:// only
     return _dispatch(args)
 
 
@@ -225,7 +226,9 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 def _dispatch(args: argparse.Namespace) -> int:
     from . import logs
+    from .runner import retry_storage_errors
 
+    retry_storage_errors()
     # Batch sends SIGTERM before it kills: unwind, so the record is kept and the last
     # line still says what happened.
     signal.signal(signal.SIGTERM, _on_sigterm)
@@ -266,6 +269,7 @@ def run_options(args: argparse.Namespace) -> Any:
         "html": args.html,
         "validate": args.validate,
     }
+    options["local_indirection"] = not getattr(args, "in_image", False)
     if args.local:
         return RunOptions.local(args.workdir, **options)
     return RunOptions(

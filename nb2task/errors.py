@@ -25,7 +25,9 @@ __all__ = [
     "NotebookCellError",
     "NotebookDiedError",
     "NotebookError",
+    "NotebookExitedEarly",
     "OutputError",
+    "PayloadUnavailable",
     "RunTimeoutError",
     "Terminated",
     "UsageError",
@@ -66,12 +68,22 @@ class AssetError(Nb2TaskError):
     """An asset could not be downloaded or uploaded."""
 
 
+class PayloadUnavailable(Nb2TaskError):
+    """Storage could not be reached now (refused connection, 5xx): not the payload's
+    fault, so Cirrus retries it (FAILED), unlike a payload that does not exist."""
+
+
 class OutputError(Nb2TaskError):
     """The output payload could not be written."""
 
 
 class RunTimeoutError(Nb2TaskError):
     """The notebook (or one cell) ran longer than its timeout."""
+
+
+class NotebookExitedEarly(Nb2TaskError):
+    """The notebook called ``sys.exit(0)`` before it emitted anything (not a success:
+    an empty output must be said with ``emit([])``)."""
 
 
 class NotebookDiedError(Nb2TaskError):
@@ -127,8 +139,10 @@ MAX_MESSAGE_CHARS = 8_000
 
 
 def error_message(exc: BaseException) -> str:
-    """The exception's message on one line, cut to ``MAX_MESSAGE_CHARS``."""
-    message = " ".join(str(exc).split()) or "(no message)"
+    """The exception's message on one line, secrets redacted, cut to ``MAX_MESSAGE_CHARS``."""
+    from .redact import redact
+
+    message = " ".join(redact(str(exc)).split()) or "(no message)"
     if len(message) > MAX_MESSAGE_CHARS:
         cut = len(message) - MAX_MESSAGE_CHARS
         message = (
@@ -153,7 +167,8 @@ def with_dotted_name(exc: Exception) -> Exception:
     name = error_name(exc)
     if type(exc).__name__ == name:
         return exc
-    renamed = type(name, (type(exc),), {"__module__": type(exc).__module__})
+    # "builtins": a traceback then prints the dotted name once, not module + name.
+    renamed = type(name, (type(exc),), {"__module__": "builtins"})
     clone: Exception = Exception.__new__(renamed)
     clone.__dict__.update(exc.__dict__)
     clone.args = (error_message(exc),)

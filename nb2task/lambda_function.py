@@ -54,7 +54,9 @@ def _runner() -> Any:
     for name, path in WRITABLE_DIRS.items():
         os.environ.setdefault(name, path)
     from . import logs
+    from .runner import retry_storage_errors
 
+    retry_storage_errors()
     logs.configure(
         os.environ.get("NB2TASK_LOG_LEVEL", "INFO"),
         "[%(levelname)s] %(aws_request_id)s %(payload_id)s %(name)s: %(message)s",
@@ -71,6 +73,7 @@ def _runner() -> Any:
     options = RunOptions(
         task_name=os.environ.get("NB2TASK_TASK_NAME") or None,
         engine=os.environ.get("NB2TASK_ENGINE") or None,
+        local_indirection=False,  # an event's {"url"} must point at s3://
     )
     runner = Runner(notebook, options)
     if hasattr(runner.executor, "keep_spare"):

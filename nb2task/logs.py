@@ -10,6 +10,8 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+from .redact import RedactingFilter
+
 FORMAT = "%(levelname)s %(name)s: %(message)s"
 QUIET_LOGGERS = ("botocore", "s3transfer", "urllib3", "fsspec", "asyncio", "aiobotocore")
 
@@ -24,6 +26,7 @@ def configure(level: str, fmt: str = FORMAT, extra: logging.Filter | None = None
         if isinstance(handler, _PerThreadFiles):
             continue
         handler.setFormatter(logging.Formatter(fmt))
+        handler.addFilter(_redacting)
         if extra is not None:
             handler.addFilter(extra)
     for name in QUIET_LOGGERS:
@@ -33,6 +36,9 @@ def configure(level: str, fmt: str = FORMAT, extra: logging.Filter | None = None
     logging.getLogger("traitlets").setLevel(logging.ERROR)
 
 
+_redacting = RedactingFilter()
+
+
 class _PerThreadFiles(logging.Handler):
     """Writes each record to the file its thread was given (``to_file``), if any."""
 
@@ -40,6 +46,7 @@ class _PerThreadFiles(logging.Handler):
         super().__init__()
         self.files: dict[int, logging.Handler] = {}
         self.setFormatter(logging.Formatter("%(asctime)s " + FORMAT))
+        self.addFilter(_redacting)
 
     def emit(self, record: logging.LogRecord) -> None:
         handler = self.files.get(threading.get_ident())

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from . import logs
 from .errors import Nb2TaskError, error_line, exit_code
+from .paths import inside, safe_name
 from .publish import UrlOutput
 from .runner import Runner, RunOptions
 
@@ -67,12 +68,12 @@ def run_many(
 
 
 def _workdirs(payloads: list[str], output_dir: Path) -> list[Path]:
-    """One folder per payload, named after it; repeated names get a number."""
-    stems = [Path(p.rstrip("/").rsplit("/", 1)[-1]).stem or "payload" for p in payloads]
-    if len(set(stems)) == len(stems):
-        return [output_dir / stem for stem in stems]
-    # Names repeat: number every folder, so none can clash.
-    return [output_dir / f"{i:03d}-{stem}" for i, stem in enumerate(stems, 1)]
+    """One folder per payload, named after it (made safe: a name like ``..`` must not
+    move it out of ``output_dir``); repeated names get a number."""
+    stems = [safe_name(Path(p.rstrip("/").rsplit("/", 1)[-1]).stem, "payload") for p in payloads]
+    if len(set(stems)) != len(stems):  # names repeat: number every folder, none can clash
+        stems = [f"{i:03d}-{stem}" for i, stem in enumerate(stems, 1)]
+    return [inside(output_dir, output_dir / stem, "a payload's folder") for stem in stems]
 
 
 def _run_one(runner: Runner, payload: str, workdir: Path, options: RunOptions) -> PayloadRun:

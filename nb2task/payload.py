@@ -1,4 +1,4 @@
-"""Read and write payloads: local paths, any fsspec URL (``s3://...``), stdin/stdout.
+"""Read and write payloads: local paths, ``s3://`` URLs, stdin/stdout.
 
 I/O only: what a payload must contain is checked by the task (``nb2task.validation``).
 Entry points read a payload with ``load`` (following one ``{"url": ...}``
@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Any
 
@@ -19,40 +20,143 @@ from stactask.exceptions import InvalidInput
 from .errors import UsageError
 from .runtime import absolute_href
 
+# The most a payload may weigh, and how deep its JSON may nest (a GeoJSON MultiPolygon is
+# 6 levels deep; a hostile payload 10 000 levels deep must not reach Python's recursion).
+MAX_PAYLOAD_MB_ENV = "NB2TASK_MAX_PAYLOAD_MB"
+DEFAULT_MAX_PAYLOAD_MB = 256
+MAX_DEPTH = 100
+
+
+def max_payload_bytes() -> int:
+    """The size limit of a payload: ``NB2TASK_MAX_PAYLOAD_MB`` (default 256) MB."""
+    try:
+        return int(float(os.environ.get(MAX_PAYLOAD_MB_ENV, DEFAULT_MAX_PAYLOAD_MB)) * 1024**2)
+    except ValueError:
+        return DEFAULT_MAX_PAYLOAD_MB * 1024**2
+
+
+def _too_large(where: str, limit: int) -> InvalidInput:
+    return InvalidInput(
+        f"payload {where} is over {limit / 1024**2:g} MB ({MAX_PAYLOAD_MB_ENV} sets the limit)"
+    )
+
+
+def read_bytes(url: str | Path | None, stdin: IO[str] | None = None) -> bytes:
+    """The bytes at a local path, a ``file://`` or ``s3://`` URL, or stdin (``url`` None),
+    at most ``max_payload_bytes()``. A missing payload is InvalidInput (never retried);
+    one that cannot be reached now (refused connection, 5xx) is PayloadUnavailable."""
+    limit = max_payload_bytes()
+    where = "stdin" if url is None else str(url)
+    if url is None:
+        stream = stdin or sys.stdin
+        raw = getattr(stream, "buffer", None)
+        data = raw.read(limit + 1) if raw is not None else stream.read(limit + 1).encode()
+    elif str(url).startswith("s3://"):
+        data = _read_s3(str(url), limit)
+    elif "://" in str(url) and not str(url).startswith("file://"):
+        raise InvalidInput(f"payload {where}: only local paths and s3:// URLs are read")
+    else:
+        path = Path(str(url).removeprefix("file://"))
+        try:
+            with path.open("rb") as f:
+                data = f.read(limit + 1)
+        except (FileNotFoundError, NotADirectoryError):
+            raise InvalidInput(f"payload not found: {where}") from None
+        except OSError as err:
+            raise InvalidInput(f"cannot read payload {where}: {err.strerror or err}") from None
+    if len(data) > limit:
+        raise _too_large(where, limit)
+    return data
+
+
+def _read_s3(url: str, limit: int) -> bytes:
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from .errors import PayloadUnavailable
+
+    bucket, _, key = url.removeprefix("s3://").partition("/")
+    try:
+        response = s3_client().get_object(Bucket=bucket, Key=key)
+        if int(response.get("ContentLength") or 0) > limit:
+            raise _too_large(url, limit)
+        body: bytes = response["Body"].read(limit + 1)
+        return body
+    except ClientError as err:
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        if code in ("NoSuchKey", "NoSuchBucket", "404", "NotFound"):
+            raise InvalidInput(f"payload not found: {url}") from None
+        raise PayloadUnavailable(f"cannot read payload {url}: {err}") from None
+    except (BotoCoreError, OSError) as err:  # refused, reset, timed out: try again later
+        raise PayloadUnavailable(f"cannot read payload {url}: {err}") from None
+
+
+_s3: Any = None
+_s3_lock = threading.Lock()
+
+
+def s3_client() -> Any:
+    """One boto3 S3 client per process (thread-safe), with standard retries (a 503
+    SlowDown is tried again, with backoff)."""
+    global _s3
+    with _s3_lock:
+        if _s3 is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(retries={"mode": "standard", "max_attempts": 5})
+            _s3 = boto3.client("s3", config=config)
+    return _s3
+
 
 def read_json(url: str | Path | None, stdin: IO[str] | None = None) -> Any:
-    """Read a JSON document from a path, an fsspec URL, or stdin when ``url`` is None."""
+    """Read a JSON document from a path, a URL, or stdin when ``url`` is None."""
     where = "stdin" if url is None else str(url)
     try:
-        if url is None:
-            text = (stdin or sys.stdin).read()
-        else:
-            import fsspec
-
-            with fsspec.open(str(url), "r", encoding="utf-8") as f:
-                text = f.read()
-    except FileNotFoundError:
-        raise InvalidInput(f"payload not found: {where}") from None
+        text = read_bytes(url, stdin).decode("utf-8")
     except UnicodeDecodeError:
         raise InvalidInput(f"payload {where} is not UTF-8 text") from None
-    except (OSError, ValueError) as err:  # ValueError: fsspec knows no such protocol
-        raise InvalidInput(f"cannot read payload {where}: {err}") from None
     try:
-        return json.loads(text)
+        document = json.loads(text)
     except json.JSONDecodeError as err:
         raise InvalidInput(f"payload {where} is not JSON: {err}") from None
+    except RecursionError:
+        raise InvalidInput(f"payload {where} nests more than {MAX_DEPTH} levels deep") from None
+    check_depth(document, f"payload {where}")
+    return document
+
+
+def check_depth(document: Any, where: str) -> None:
+    """InvalidInput if ``document`` nests more than ``MAX_DEPTH`` levels (no recursion)."""
+    stack = [(document, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if depth > MAX_DEPTH:
+            raise InvalidInput(f"{where} nests more than {MAX_DEPTH} levels deep")
+        if isinstance(value, dict):
+            stack.extend((v, depth + 1) for v in value.values())
+        elif isinstance(value, list):
+            stack.extend((v, depth + 1) for v in value)
 
 
 def load(
-    source: str | Path | dict[str, Any] | None, stdin: IO[str] | None = None
+    source: str | Path | dict[str, Any] | None,
+    stdin: IO[str] | None = None,
+    local_indirection: bool = True,
 ) -> dict[str, Any]:
     """The payload at ``source`` (a path or URL; stdin if None; or an already parsed
-    document, as a Lambda event), following one ``{"url": ...}`` indirection. Relative
-    asset hrefs of a local payload file are made absolute against its folder."""
-    document = source if isinstance(source, dict) else read_json(source, stdin)
+    document, as a Lambda event), following one ``{"url": ...}`` indirection: to an
+    ``s3://`` URL only, unless ``local_indirection`` (the command line). Relative asset
+    hrefs of a local payload file are made absolute against its folder."""
+    if isinstance(source, dict):
+        check_depth(source, "the event")
+        document: Any = source
+    else:
+        document = read_json(source, stdin)
     where = None if isinstance(source, dict) else source
     target = indirection(document)
     if target is not None:
+        if not target.startswith("s3://") and not local_indirection:
+            raise InvalidInput(f'a {{"url"}} payload must point at s3:// here, not {target!r}')
         document, where = read_json(target), target
     if not isinstance(document, dict):
         raise InvalidInput("a payload must be a JSON object")
@@ -82,18 +186,16 @@ def absolutize_local_asset_hrefs(document: dict[str, Any], base: Path) -> None:
 
 
 def check_output_url(url: str | Path | None) -> None:
-    """Fail before the run, not after it, when the output cannot be written there."""
+    """Fail before the run, not after it, when the output cannot be written there: a
+    local folder that cannot take the file, a missing S3 bucket (never created)."""
     if url is None:
         return
     text = str(url)
-    if "://" in text and not text.startswith("file://"):
-        import fsspec
-
-        try:
-            fsspec.get_filesystem_class(text.split("://", 1)[0])
-        except (ValueError, ImportError) as err:
-            raise UsageError(f"--output {text}: {err}") from None
+    if text.startswith("s3://"):
+        check_bucket(text.removeprefix("s3://").split("/", 1)[0], f"--output {text}")
         return
+    if "://" in text and not text.startswith("file://"):
+        raise UsageError(f"--output {text}: only local paths and s3:// URLs are written")
     path = Path(text.removeprefix("file://"))
     if path.is_dir():
         raise UsageError(f"--output {path} is a directory")
@@ -102,8 +204,28 @@ def check_output_url(url: str | Path | None) -> None:
         raise UsageError(f"--output {path}: cannot create a file there")
 
 
+def check_bucket(bucket: str, what: str) -> None:
+    """UsageError unless the bucket exists (and we may see it): nothing creates it."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from .errors import PayloadUnavailable
+
+    try:
+        s3_client().head_bucket(Bucket=bucket)
+    except ClientError as err:
+        code = str(err.response.get("Error", {}).get("Code", ""))
+        if code in ("404", "NoSuchBucket", "NotFound"):
+            raise UsageError(f"{what}: no such bucket {bucket!r}") from None
+        if code in ("403", "AccessDenied"):
+            raise UsageError(f"{what}: no access to bucket {bucket!r}") from None
+        raise PayloadUnavailable(f"{what}: cannot reach bucket {bucket!r}: {err}") from None
+    except (BotoCoreError, OSError) as err:
+        raise PayloadUnavailable(f"{what}: cannot reach bucket {bucket!r}: {err}") from None
+
+
 def write_json(document: Any, url: str | Path | None, stdout: IO[str] | None = None) -> None:
-    """Write JSON to a path (atomically), an fsspec URL, or stdout when ``url`` is None."""
+    """Write JSON to a path (atomically), an ``s3://`` URL (one PUT, into a bucket that
+    must exist), or stdout when ``url`` is None."""
     text = json.dumps(document)
     if url is None:
         out = stdout or sys.stdout
@@ -111,14 +233,14 @@ def write_json(document: Any, url: str | Path | None, stdout: IO[str] | None = N
         out.flush()
         return
     url = str(url)
-    if "://" not in url or url.startswith("file://"):
-        _write_local_atomically(Path(url.removeprefix("file://")), text)
+    if url.startswith("s3://"):
+        bucket, _, key = url.removeprefix("s3://").partition("/")
+        # An object store PUT is atomic: readers never see half a payload.
+        s3_client().put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"))
         return
-    import fsspec
-
-    # An object store PUT is atomic: readers never see half a payload.
-    with fsspec.open(url, "w", encoding="utf-8") as f:
-        f.write(text)
+    if "://" in url and not url.startswith("file://"):
+        raise UsageError(f"{url}: only local paths and s3:// URLs are written")
+    _write_local_atomically(Path(url.removeprefix("file://")), text)
 
 
 def _umask() -> int:

@@ -91,10 +91,13 @@ class Publication:
         options = self.payload.get_collection_upload_options(
             placed_by.get("collection") if placed_by else None
         )
+        client = S3Client()
+        template = options.get("path_template")
+        client.template = template if prefix != self.fallback_prefix else None
         urls = upload_record(
             [p for p in (notebook, html) if p],
             prefix,
-            S3Client(),
+            client,
             s3_urls=bool(options.get("s3_urls")),
             headers=options.get("headers") or {},
         )

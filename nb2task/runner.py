@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import shutil
 import tempfile
 from dataclasses import dataclass
@@ -45,6 +46,9 @@ class RunOptions:
     timeout: float | None = None
     engine: str | None = None  # fork | kernel; None: the notebook's setting or default
     html: bool | None = None  # render the record as HTML on success too
+    # Follow a {"url"} payload to a local path too (the command line); in Lambda and in
+    # the Batch image, only to s3://: a payload must not make the task read its disk.
+    local_indirection: bool = True
 
     @classmethod
     def local(cls, workdir: Path | None = None, **options: Any) -> RunOptions:
@@ -59,6 +63,14 @@ class RunOptions:
     @property
     def limits(self) -> Limits:
         return Limits(self.cell_timeout, self.timeout)
+
+
+def retry_storage_errors() -> None:
+    """Every AWS client nb2task (and stactask, stac-asset) makes retries with backoff: a
+    503 SlowDown, a throttle or a reset connection is tried again (standard mode, 5
+    attempts), unless the environment says otherwise."""
+    os.environ.setdefault("AWS_RETRY_MODE", "standard")
+    os.environ.setdefault("AWS_MAX_ATTEMPTS", "5")
 
 
 class Workspace:
@@ -143,7 +155,7 @@ class Runner:
 
         options = options or self.options
         output.check()
-        document = payload_io.load(source, stdin)
+        document = payload_io.load(source, stdin, options.local_indirection)
         workspace = Workspace(options.workdir, options.save_workdir)
         html = (
             options.html

@@ -51,6 +51,7 @@ class Parameter:
     types: tuple[str, ...]  # JSON Schema type names; empty means any type
     default: Any = _MISSING
     help: str = ""
+    items: tuple[str, ...] = ()  # for a list: its elements' JSON types; empty means any
 
     @property
     def required(self) -> bool:
@@ -63,7 +64,10 @@ class Parameter:
 
     @property
     def type_label(self) -> str:
-        return " | ".join(self.types) if self.types else "any"
+        label = " | ".join(self.types) if self.types else "any"
+        if self.items:
+            label = label.replace("array", f"array of {' | '.join(self.items)}")
+        return label
 
     def json_schema(self) -> dict[str, Any]:
         schema: dict[str, Any] = {}
@@ -71,6 +75,8 @@ class Parameter:
             schema["type"] = self.types[0]
         elif self.types:
             schema["type"] = list(self.types)
+        if self.items:
+            schema["items"] = {"type": self.items[0] if len(self.items) == 1 else list(self.items)}
         if not self.required and not self.computed:
             schema["default"] = self.default
         if self.help:
@@ -97,11 +103,30 @@ class Parameter:
             return value
         for json_type in self.types:
             if _is_json_type(value, json_type):
+                if json_type == "array" and self.items:
+                    return [self._check_element(i, element) for i, element in enumerate(value)]
                 return float(value) if json_type == "number" else value
         raise invalid_input(
             f"parameter '{self.name}' must be {self.type_label}, "
-            f"got {type(value).__name__} {value!r}"
+            f"got {type(value).__name__} {_short(value)}"
         )
+
+    def _check_element(self, index: int, element: Any) -> Any:
+        if isinstance(element, float) and not math.isfinite(element):
+            raise invalid_input(f"parameter '{self.name}'[{index}] must be a finite number")
+        for json_type in self.items:
+            if _is_json_type(element, json_type):
+                return float(element) if json_type == "number" else element
+        raise invalid_input(
+            f"parameter '{self.name}'[{index}] must be {' | '.join(self.items)}, "
+            f"got {type(element).__name__} {_short(element)}"
+        )
+
+
+def _short(value: Any) -> str:
+    """A value for a one-line message: its repr, cut."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _is_json_type(value: Any, json_type: str) -> bool:
@@ -256,13 +281,46 @@ def _parameter_from_node(node: ast.stmt, comments: dict[int, str]) -> Parameter 
             default = Computed(ast.unparse(value))
             if annotation is None:
                 return Parameter(name, (), default, help_text)
+    items: tuple[str, ...] = ()
     if annotation is not None:
         types = _types_from_annotation(annotation)
+        items = _items_from_annotation(annotation)
     elif default is not _MISSING:
         types = _types_from_value(default)
     else:
         types = ()
-    return Parameter(name, types, default, help_text)
+    return Parameter(name, types, default, help_text, items)
+
+
+_SEQUENCES = ("list", "List", "tuple", "Tuple", "Sequence")
+
+
+def _items_from_annotation(node: ast.expr) -> tuple[str, ...]:
+    """The element types of a list annotation (``list[str]``, ``Optional[list[int]]``,
+    ``tuple[float, ...]``); empty when there is none or it says nothing."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        try:
+            return _items_from_annotation(ast.parse(node.value, mode="eval").body)
+        except SyntaxError:
+            return ()
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
+        return _items_from_annotation(node.left) or _items_from_annotation(node.right)
+    if not isinstance(node, ast.Subscript):
+        return ()
+    outer = _annotation_name(node.value)
+    if outer in ("Optional", "Union"):
+        parts = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
+        return next((found for part in parts if (found := _items_from_annotation(part))), ())
+    if outer not in _SEQUENCES:
+        return ()
+    element = node.slice
+    if isinstance(element, ast.Tuple):  # tuple[float, ...] or tuple[int, str]
+        elements = [e for e in element.elts if not (isinstance(e, ast.Constant) and e.value is ...)]
+        kinds = [_types_from_annotation(e) for e in elements]
+        if not all(kinds):
+            return ()
+        return tuple(dict.fromkeys(t for kind in kinds for t in kind))
+    return _types_from_annotation(element)
 
 
 def _types_from_annotation(node: ast.expr) -> tuple[str, ...]:

@@ -29,7 +29,7 @@ from stactask.exceptions import InvalidInput
 
 from .assets import download_assets
 from .engines import Executor, Limits, choose_engine, create_executor
-from .errors import Nb2TaskError, NotebookCellError
+from .errors import Nb2TaskError, NotebookCellError, NotebookExitedEarly
 from .harvest import check_emitted
 from .notebook import Notebook
 from .validation import check_payload
@@ -175,6 +175,14 @@ class NotebookTask(Task):
                 raise InvalidInput(str(err)) from None
             raise
         self.execution_stats = execution.stats
+        if execution.stopped_at is not None:
+            if not execution.emit_calls:
+                raise NotebookExitedEarly(
+                    f"the notebook called sys.exit() in cell In [{execution.stopped_at}] "
+                    "before emitting anything: call nb2task.emit([]) first to end a run "
+                    "with no items"
+                )
+            self.logger.info("the notebook stopped at cell In [%s]", execution.stopped_at)
         items = check_emitted(execution.items, self.notebook.path.parent, self.schema_checks)
         self.logger.info("the notebook emitted %d item(s)", len(items))
         return items

@@ -8,6 +8,7 @@ it. The STAC core schema is checked unless ``--no-validate``.
 
 from __future__ import annotations
 
+import re
 import threading
 import warnings
 from functools import cache
@@ -47,6 +48,10 @@ def check_items(items: list[Any], label: str, error: type[Exception], schema: bo
         check_schemas(items, label, error)
 
 
+# Ids and collections end up in paths, keys and logs: no NUL, newline or other control.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def check_structure(item: Any, label: str, error: type[Exception]) -> None:
     """What nb2task itself relies on: a Feature with a string id, string hrefs, and
     ``stac_extensions`` (if any) a list of strings."""
@@ -55,6 +60,13 @@ def check_structure(item: Any, label: str, error: type[Exception]) -> None:
     if not isinstance(item.get("id"), str) or not item["id"]:
         raise error(f"{label} is not a STAC item: no string 'id'")
     label = f"{label} (id {item['id']!r})"
+    if _CONTROL.search(item["id"]) or any(part in (".", "..") for part in item["id"].split("/")):
+        raise error(f"{label}: an id must not hold control characters or '.'/'..' path parts")
+    collection = item.get("collection")
+    if collection is not None and (
+        not isinstance(collection, str) or _CONTROL.search(collection) or "/" in collection
+    ):
+        raise error(f"{label}: 'collection' must be a name (no '/' or control characters)")
     extensions = item.get("stac_extensions", [])
     if not isinstance(extensions, list) or not all(isinstance(e, str) for e in extensions):
         raise error(f"{label}: stac_extensions must be a list of strings")

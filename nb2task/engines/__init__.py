@@ -42,6 +42,8 @@ class Execution:
     notebook: Any  # the executed nbformat.NotebookNode (None where it stayed elsewhere)
     items: list[dict[str, Any]]
     stats: dict[str, Any] = field(default_factory=dict)
+    emit_calls: int = 0  # how many times emit() was called (an empty list counts)
+    stopped_at: int | None = None  # the cell ("In [n]") that called sys.exit(0), if one did
 
 
 class Executor(ABC):
@@ -110,6 +112,42 @@ def emit_folder() -> Iterator[Path]:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def harvest(node: Any, emit_dir: Path | None) -> dict[str, Any]:
+    """What a run left in its executed notebook: the emitted ``items``, the number of
+    ``emit_calls``, and the cell a ``sys.exit(0)`` stopped it at (``stopped_at``)."""
+    calls = sum(
+        1
+        for cell in node.cells
+        for output in cell.get("outputs", [])
+        if isinstance(output.get("data", {}).get(_emit_mimetype()), dict)
+    )
+    return {
+        "items": read_emitted(node, emit_dir),
+        "emit_calls": calls,
+        "stopped_at": stopped_at(node),
+    }
+
+
+def stopped_at(node: Any) -> int | None:
+    """The cell whose ``sys.exit(0)`` ended the run early (papermill counts that as
+    success and stops), as its execution count; None if none did."""
+    for cell in node.cells:
+        for output in cell.get("outputs", []):
+            if (
+                output.get("output_type") == "error"
+                and output.get("ename") == "SystemExit"
+                and output.get("evalue") in ("", "0", "None")
+            ):
+                return int(cell.get("execution_count") or 0)
+    return None
+
+
+def _emit_mimetype() -> str:
+    from ..runtime import EMIT_MIMETYPE
+
+    return EMIT_MIMETYPE
 
 
 def read_emitted(node: Any, emit_dir: Path | None) -> list[dict[str, Any]]:

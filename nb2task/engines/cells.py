@@ -156,6 +156,7 @@ class CellRunner:
         self.run_deadline = time.monotonic() + timeout if timeout else None
         self.display_ids: dict[str, list[dict[str, Any]]] = {}
         self.clear_before_next = False
+        self.next_count = 1  # the number the running cell gets (a fresh shell counts from 1)
 
     def execute(self) -> None:
         from ..errors import NotebookDiedError
@@ -208,11 +209,12 @@ class CellRunner:
             ended = self.run.kill()
             raise NotebookDiedError(
                 f"the notebook's process died ({ended}) "
-                f"in cell In [{cell.get('execution_count') or '?'}]"
+                f"in cell In [{self.next_count}]"
                 + (f": {err}" if "end of stream" not in str(err) else "")
             ) from None
         timing["shell.execute_reply"] = timing["iopub.status.idle"] = _timestamp()
         cell.execution_count = message.get("execution_count")
+        self.next_count = int(cell.execution_count or self.next_count) + 1
         if message.get("status") == "error":
             return "raises-exception" in tags
         return True

@@ -34,7 +34,7 @@ from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
 from IPython.core.interactiveshell import InteractiveShell
 
-from . import protocol
+from . import processes, protocol
 
 # ipykernel's OutStream.flush_interval: how long output may wait before it is sent.
 FLUSH_INTERVAL_S = 0.2
@@ -351,7 +351,7 @@ def become_child(
     code = EXIT_CRASHED
     try:
         os.setsid()
-        set_child_subreaper()
+        processes.set_child_subreaper()
         os.chdir(cwd or ".")
         os.environ.update(env)
         sys.argv = [""]
@@ -364,20 +364,6 @@ def become_child(
             os.write(2, traceback.format_exc().encode())
     finally:
         os._exit(code)
-
-
-PR_SET_CHILD_SUBREAPER = 36
-
-
-def set_child_subreaper() -> bool:
-    """Orphaned descendants come back to this process instead of init (Linux)."""
-    try:
-        import ctypes
-
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
-        return False
 
 
 def serve(shell: KernelLikeShell, sock: socket.socket) -> None:

@@ -159,7 +159,14 @@ def _result(outcome: dict[str, Any], seconds: float) -> Execution:
     status = outcome.get("status")
     if status == "ok":
         stats = {"engine": "fork", "seconds": round(seconds, 4), **(outcome.get("stats") or {})}
-        return Execution(None, list(outcome.get("items") or []), stats)
+        stopped = outcome.get("stopped_at")
+        return Execution(
+            None,
+            list(outcome.get("items") or []),
+            stats,
+            int(outcome.get("emit_calls") or 0),
+            int(stopped) if stopped is not None else None,
+        )
     if status == "cell-error":
         raise errors.NotebookCellError(
             str(outcome["ename"]),

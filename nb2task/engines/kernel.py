@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import EMIT_DIR_ENV, Execution, Executor, Limits, describe_exit
+from . import EMIT_DIR_ENV, Execution, Executor, Limits, describe_exit, processes
 
 logger = logging.getLogger(__name__)
 
@@ -91,7 +91,11 @@ class KernelLauncher:
         km = AsyncKernelManager(
             kernel_name=self.kernel_name, transport="ipc", ip=os.path.join(private, "kernel")
         )
-        env = {**os.environ, EMIT_DIR_ENV: os.path.join(private, "emitted")}
+        env = {
+            **os.environ,
+            EMIT_DIR_ENV: os.path.join(private, "emitted"),
+            processes.RUN_MARK: os.path.basename(private),
+        }
         asyncio.run(_boot(km, cwd, env))
         return km
 
@@ -120,12 +124,14 @@ def private_dir(km: Any) -> Path:
 
 
 def shutdown(km: Any) -> None:
-    """Stop a kernel at once (its process group with it): its notebook is saved."""
+    """Stop a kernel at once (its process group with it), and whatever it started that
+    escaped the group: its notebook is saved."""
     try:
         asyncio.run(km.shutdown_kernel(now=True))
     except Exception as err:  # noqa: BLE001 - a kernel that will not die is killed below
         logger.warning("kernel shutdown: %s", err)
         kill(km)
+    processes.kill_marked(private_dir(km).name)
     shutil.rmtree(private_dir(km), ignore_errors=True)
 
 
@@ -185,7 +191,7 @@ class KernelExecutor(Executor):
         from papermill.exceptions import PapermillExecutionError
 
         from ..errors import NotebookCellError
-        from . import papermill_registry, read_emitted
+        from . import harvest, papermill_registry
 
         registry = papermill_registry()
         registry.use_schema_translator()
@@ -211,10 +217,10 @@ class KernelExecutor(Executor):
                 raise NotebookCellError(
                     err.ename, err.evalue, err.cell_index, err.exec_count, err.source
                 ) from None
-            items = read_emitted(executed, emit_dir)
+            found = harvest(executed, emit_dir)
         stats["seconds"] = round(time.perf_counter() - started, 4)
         self.history.append(stats)
-        return Execution(executed, items, stats)
+        return Execution(executed, found["items"], stats, found["emit_calls"], found["stopped_at"])
 
     @contextlib.contextmanager
     def _session(
@@ -247,6 +253,8 @@ class KernelExecutor(Executor):
         finally:
             if watchdog:
                 watchdog.cancel()
+            # The kernel and all it started, now: the run must leave nothing running.
+            processes.kill_marked(private_dir(km).name)
             self.launcher.retire(km)
 
     @staticmethod

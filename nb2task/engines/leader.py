@@ -15,12 +15,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import signal
 import socket
 from pathlib import Path
 from typing import Any
 
-from . import protocol
+from . import processes, protocol
 from .cells import LocalChild
 
 # Errors the task's process re-raises by name (anything else is a failure of the run).
@@ -42,9 +41,7 @@ class _ToTask(logging.Handler):
 
 def lead(shell: Any, sock: socket.socket) -> None:
     """Serve the one run that arrives on ``sock``."""
-    from .child import set_child_subreaper
-
-    set_child_subreaper()
+    processes.set_child_subreaper()
     request = protocol.Reader(sock).read()
     root = logging.getLogger()
     root.handlers = [_ToTask(sock)]
@@ -54,7 +51,7 @@ def lead(shell: Any, sock: socket.socket) -> None:
         outcome = _run(request, child)
     finally:
         child.kill()
-        kill_descendants()
+        processes.kill_below(os.getpid(), reap=True)  # what the run left running
     protocol.send(sock, {"op": "result", **outcome})
 
 
@@ -64,7 +61,7 @@ def _run(request: dict[str, Any], child: LocalChild) -> dict[str, Any]:
     from papermill.exceptions import PapermillExecutionError
 
     from ..errors import Nb2TaskError
-    from . import papermill_registry, read_emitted
+    from . import harvest, papermill_registry
 
     registry = papermill_registry()
     registry.use_schema_translator()
@@ -86,7 +83,7 @@ def _run(request: dict[str, Any], child: LocalChild) -> dict[str, Any]:
             run_stats=stats,
         )
         emit_dir = request.get("emit_dir")
-        items = read_emitted(executed, Path(emit_dir) if emit_dir else None)
+        found = harvest(executed, Path(emit_dir) if emit_dir else None)
     except PapermillExecutionError as err:
         return {
             "status": "cell-error",
@@ -103,25 +100,4 @@ def _run(request: dict[str, Any], child: LocalChild) -> dict[str, Any]:
     from .child import private_memory_kb
 
     stats["leader_private_kb"] = private_memory_kb()
-    return {"status": "ok", "items": items, "stats": stats}
-
-
-def kill_descendants() -> None:
-    """Kill every process below this one (what the run left running)."""
-    from .zygote import process_tree
-
-    for _ in range(5):
-        tree = process_tree()
-        below, stack = [], list(tree.get(os.getpid(), []))
-        while stack:
-            pid = stack.pop()
-            below.append(pid)
-            stack.extend(tree.get(pid, []))
-        if not below:
-            return
-        for pid in below:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-        for pid in below:  # ours to reap when they were orphaned to us
-            with contextlib.suppress(ChildProcessError):
-                os.waitpid(pid, 0)
+    return {"status": "ok", **found, "stats": stats}

@@ -23,6 +23,8 @@ from papermill.log import logger as papermill_logger
 from papermill.models import Parameter
 from papermill.translators import PythonTranslator, papermill_translators
 
+from ..redact import redact_notebook
+
 if TYPE_CHECKING:
     from ..schema import ParameterSchema
 
@@ -38,6 +40,8 @@ class SavingManager(NotebookExecutionManager):  # type: ignore[misc]
     final notebook when it writes it."""
 
     def save(self, **kwargs: Any) -> None:
+        # Secrets out first: papermill's own last write and the HTML use this notebook too.
+        redact_notebook(self.nb)
         if self.output_path:
             from nbformat.v4 import nbjson
 

@@ -39,7 +39,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from . import describe_exit, protocol
+from . import describe_exit, processes, protocol
 
 READY_TIMEOUT_S = 120  # the warm-up imports the notebook's own modules
 FORK_TIMEOUT_S = 30
@@ -333,13 +333,7 @@ class Zygote:
         """Kill processes that outlived their run: children of this process that are
         not runs (orphans that came back here), with everything below them. Their
         ends wake this loop again, so a process forked meanwhile is caught too."""
-        tree = process_tree()
-        stack = [p for p in tree.get(os.getpid(), []) if p not in self.runs]
-        while stack:
-            pid = stack.pop()
-            stack.extend(tree.get(pid, []))
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
+        processes.kill_below(os.getpid(), spare=self.runs)
 
     def shutdown(self) -> None:
         """The writer went away: stop every run and leave."""
@@ -347,28 +341,6 @@ class Zygote:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.killpg(pid, signal.SIGKILL)
         self.kill_strays()
-
-
-def process_tree() -> dict[int, list[int]]:
-    """Parent pid -> child pids, from /proc (empty where there is no /proc)."""
-    tree: dict[int, list[int]] = {}
-    try:
-        entries = os.listdir("/proc")
-    except OSError:
-        return tree
-    for entry in entries:
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: split after the last ')'.
-        fields = stat[stat.rfind(b")") + 2 :].split()
-        if fields[0] != b"Z":  # a zombie is gone already, only not yet reaped
-            tree.setdefault(int(fields[1]), []).append(int(entry))
-    return tree
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -379,9 +351,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     control = socket.socket(fileno=args.control_fd)
     os.set_inheritable(args.control_fd, True)  # kept across a restart (execv)
-    from .child import set_child_subreaper
-
-    set_child_subreaper()
+    processes.set_child_subreaper()
     notebook_dir = args.notebook.resolve().parent if args.notebook else None
     modules = notebook_imports(args.notebook) if args.notebook else []
     if notebook_dir is not None:

@@ -1,0 +1,73 @@
+"""Secrets kept out of what a run writes: the executed notebook, its HTML, the logs.
+
+A notebook that prints an environment secret would otherwise put it into the record,
+which is uploaded. The values of secret environment variables are replaced by
+``[REDACTED:NAME]`` wherever nb2task writes text: in the notebook before each save (so
+the HTML, rendered from it, is clean too), and in every log line and error line.
+
+Secret: ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``, and any variable whose name
+says SECRET, TOKEN, PASSWORD or KEY, with a value of at least 8 characters (shorter
+values, like ``KEY_COUNT=3``, would redact innocent text).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections.abc import Mapping
+from typing import Any
+
+ALWAYS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|KEY", re.IGNORECASE)
+MIN_LENGTH = 8
+
+
+def secrets(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """Secret value -> the name of its variable, longest values first."""
+    environ = os.environ if environ is None else environ
+    found = {
+        value: name
+        for name, value in environ.items()
+        if (name in ALWAYS or SECRET_NAME.search(name)) and len(value) >= MIN_LENGTH
+    }
+    return dict(sorted(found.items(), key=lambda kv: -len(kv[0])))
+
+
+def redact(text: str, found: dict[str, str] | None = None) -> str:
+    """``text`` with every secret value replaced by ``[REDACTED:NAME]``."""
+    for value, name in (secrets() if found is None else found).items():
+        if value in text:
+            text = text.replace(value, f"[REDACTED:{name}]")
+    return text
+
+
+def redact_notebook(node: Any, found: dict[str, str] | None = None) -> None:
+    """Redact, in place, every piece of text in a notebook: sources, outputs (streams,
+    display data, errors and tracebacks) and metadata (the injected parameters)."""
+    found = secrets() if found is None else found
+    if found:
+        _walk(node, found)
+
+
+def _walk(value: Any, found: dict[str, str]) -> Any:
+    if isinstance(value, str):
+        return redact(value, found)
+    if isinstance(value, dict):
+        for key in list(value):
+            value[key] = _walk(value[key], found)
+    elif isinstance(value, list):
+        for index, element in enumerate(value):
+            value[index] = _walk(element, found)
+    return value
+
+
+class RedactingFilter(logging.Filter):
+    """Redacts secrets from a log record's message (and arguments) before it is written."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = secrets()
+        if found:
+            record.msg = redact(record.getMessage(), found)
+            record.args = None
+        return True
