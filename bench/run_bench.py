@@ -131,9 +131,13 @@ def _boto_credentials() -> dict[str, str]:
 
 
 def payload_for_s3() -> dict[str, Any]:
-    """The minimal payload, with outputs (and so the record) going to the moto bucket."""
+    """The minimal payload as a Lambda event: outputs (and so the record) going to the moto
+    bucket, asset hrefs absolute (an event has no folder to resolve them against)."""
     payload = json.loads(PAYLOAD.read_text())
     payload["process"][0]["upload_options"]["path_template"] = f"s3://{BUCKET}/out/${{id}}/"
+    for item in payload["features"]:
+        for asset in item["assets"].values():
+            asset["href"] = str((PAYLOAD.parent / asset["href"]).resolve())
     return payload
 
 
