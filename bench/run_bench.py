@@ -130,20 +130,26 @@ def _boto_credentials() -> dict[str, str]:
     }
 
 
-def payload_for_s3() -> dict[str, Any]:
-    """The minimal payload as a Lambda event: outputs (and so the record) going to the moto
-    bucket, asset hrefs absolute (an event has no folder to resolve them against)."""
-    payload = json.loads(PAYLOAD.read_text())
-    payload["process"][0]["upload_options"]["path_template"] = f"s3://{BUCKET}/out/${{id}}/"
+def sample_payload() -> dict[str, Any]:
+    """The minimal example's payload, its asset hrefs made absolute (copies of it live in
+    other folders, and a Lambda event has no folder to resolve them against)."""
+    payload: dict[str, Any] = json.loads(PAYLOAD.read_text())
     for item in payload["features"]:
         for asset in item["assets"].values():
             asset["href"] = str((PAYLOAD.parent / asset["href"]).resolve())
     return payload
 
 
+def payload_for_s3() -> dict[str, Any]:
+    """The sample payload with outputs (and so the record) going to the moto bucket."""
+    payload = sample_payload()
+    payload["process"][0]["upload_options"]["path_template"] = f"s3://{BUCKET}/out/${{id}}/"
+    return payload
+
+
 def large_payload(count: int = 400) -> dict[str, Any]:
-    """The minimal payload with ``count`` items (about 1.3 MB)."""
-    payload = json.loads(PAYLOAD.read_text())
+    """The sample payload with ``count`` items (about 1.3 MB)."""
+    payload = sample_payload()
     item = payload["features"][0]
     payload["features"] = []
     for i in range(count):
@@ -249,7 +255,7 @@ def measure_warm(moto: MotoServer, tmp: Path, rounds: int, count: int) -> dict[s
 def measure_payloads(tmp: Path, rounds: int, cold_s: dict[str, float], n: int) -> dict[str, Any]:
     folder = tmp / "many"
     folder.mkdir(exist_ok=True)
-    source = json.loads(PAYLOAD.read_text())
+    source = sample_payload()
     paths = []
     for i in range(n):
         payload = copy.deepcopy(source)

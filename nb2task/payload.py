@@ -11,6 +11,7 @@ import json
 import os
 import sys
 import tempfile
+import threading
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,6 +19,23 @@ from stactask.exceptions import InvalidInput
 
 from .errors import UsageError
 from .runtime import absolute_href
+
+_s3: Any = None
+_s3_lock = threading.Lock()
+
+
+def s3_client() -> Any:
+    """One boto3 S3 client per process (thread-safe), with standard retries (a 503
+    SlowDown is tried again, with backoff)."""
+    global _s3
+    with _s3_lock:
+        if _s3 is None:
+            import boto3
+            from botocore.config import Config
+
+            config = Config(retries={"mode": "standard", "max_attempts": 5})
+            _s3 = boto3.client("s3", config=config)
+    return _s3
 
 
 def read_json(url: str | Path | None, stdin: IO[str] | None = None) -> Any:

@@ -1,0 +1,58 @@
+"""Local paths and S3 keys built from payload data: made safe, or refused.
+
+A payload is input nobody looked at: an item id, a collection name, an asset key or a
+payload's name may hold ``../``, a NUL byte or a slash. Folder names made from them are
+sanitised (``safe_name``) and checked to resolve inside their root after symlinks
+(``inside``); S3 keys are normalised and must stay under their prefix (``check_key``).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from pathlib import Path
+
+MAX_NAME = 120
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+
+
+def safe_name(text: str, fallback: str = "item") -> str:
+    """A file or folder name made from ``text``: letters, digits, '.', '_', '-', never
+    '.' or '..', at most 120 characters."""
+    name = _UNSAFE.sub("-", text).strip("-.")[:MAX_NAME] or fallback
+    return name
+
+
+def inside(root: Path, path: Path, what: str) -> Path:
+    """``path`` resolved, if it stays inside ``root`` (both resolved, symlinks followed);
+    an error naming ``what`` if not."""
+    from .errors import invalid_input
+
+    real_root = root.resolve()
+    real = path.resolve()
+    if real != real_root and real_root not in real.parents:
+        raise invalid_input(f"{what} would be written outside {real_root}: {path}")
+    return real
+
+
+def template_prefix(template: str) -> str:
+    """The fixed part of a ``path_template``, before its first ``${...}``."""
+    return template.split("${", 1)[0]
+
+
+def check_url(url: str, template: str, what: str) -> str:
+    """``url`` (``s3://bucket/key``, filled in from ``template``) if its key is normal
+    (no '.', '..' or empty segments) and stays under the template's fixed prefix;
+    InvalidInput naming ``what`` if not: payload data must not move outputs elsewhere."""
+    from .errors import invalid_input
+
+    scheme, _, rest = url.partition("://")
+    bucket, _, key = rest.partition("/")
+    segments = key.split("/")
+    if any(s in (".", "..") for s in segments) or "" in segments[:-1] or "\0" in key:
+        raise invalid_input(f"{what}: {url!r} is not a plain S3 key (no '.', '..' or '//')")
+    prefix = template_prefix(template)
+    normal = f"{scheme}://{bucket}/{posixpath.normpath(key) if key else ''}"
+    if not (normal + ("/" if url.endswith("/") else "")).startswith(prefix):
+        raise invalid_input(f"{what}: {url!r} is outside the upload prefix {prefix!r}")
+    return url
