@@ -134,9 +134,19 @@ def _boto_credentials() -> dict[str, str]:
     }
 
 
+def sample_payload() -> dict[str, Any]:
+    """The minimal example's payload, its asset hrefs made absolute (copies of it live in
+    other folders, and a Lambda event has no folder to resolve them against)."""
+    payload: dict[str, Any] = json.loads(PAYLOAD.read_text())
+    for item in payload["features"]:
+        for asset in item["assets"].values():
+            asset["href"] = str((PAYLOAD.parent / asset["href"]).resolve())
+    return payload
+
+
 def payload_for_s3() -> dict[str, Any]:
-    """The minimal payload, with outputs (and so the record) going to the moto bucket."""
-    payload = json.loads(PAYLOAD.read_text())
+    """The sample payload with outputs (and so the record) going to the moto bucket."""
+    payload = sample_payload()
     payload["process"][0]["upload_options"]["path_template"] = f"s3://{BUCKET}/out/${{id}}/"
     return payload
 

@@ -272,12 +272,14 @@ def test_download_inside_a_running_event_loop(s3: Any, bucket: str, tmp_path: Pa
     assert item["links"] == remote["links"]  # no local self link leaks in
 
 
-def test_download_of_a_missing_object_is_an_asset_error(
+def test_download_of_a_missing_object_is_invalid_input(
     s3: Any, bucket: str, tmp_path: Path
 ) -> None:
+    """The payload names an asset that does not exist: bad input, never retried."""
     from nb2task.assets import download_assets
 
     item = sample_item("a")
     item["assets"] = {"data": {"href": f"s3://{bucket}/nothing-here.tif"}}
-    with pytest.raises(AssetError, match=r"^asset download failed: "):
+    with pytest.raises(InvalidInput, match=r"^asset not found: s3://"):
         download_assets([item], ["data"], tmp_path / "dl")
+    assert not list((tmp_path / "dl").rglob("*.tif"))
