@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,7 @@ def lead(shell: Any, sock: socket.socket) -> None:
 
     set_child_subreaper()
     request = protocol.Reader(sock).read()
+    received = time.monotonic()
     root = logging.getLogger()
     root.handlers = [_ToTask(sock)]
     root.setLevel(int(request.get("log_level", logging.INFO)))
@@ -53,9 +55,12 @@ def lead(shell: Any, sock: socket.socket) -> None:
     try:
         outcome = _run(request, child)
     finally:
-        child.kill()
+        if child.ended is None:
+            child._kill()
         kill_descendants()
+    outcome.setdefault("stats", {})["received"] = received
     protocol.send(sock, {"op": "result", **outcome})
+    child.reap()  # after the result: the task need not wait for the child's teardown
 
 
 def _run(request: dict[str, Any], child: LocalChild) -> dict[str, Any]:
@@ -100,9 +105,10 @@ def _run(request: dict[str, Any], child: LocalChild) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - reported, in one line, by the task's process
         return {"status": "error", "kind": "Nb2TaskError",
                 "message": f"the notebook's run failed: {type(err).__name__}: {err}"}  # fmt: skip
-    from .child import private_memory_kb
+    from .child import STATS_ENV, private_memory_kb
 
-    stats["leader_private_kb"] = private_memory_kb()
+    if os.environ.get(STATS_ENV):
+        stats["leader_private_kb"] = private_memory_kb()
     return {"status": "ok", "items": items, "stats": stats}
 
 

@@ -142,7 +142,7 @@ def warm_up(modules: list[str], skip: set[str], notebook_dir: Path | None) -> di
         if threading.active_count() > 1:
             _restart_without(module, skip)
     # Warm what every run touches, not only imports.
-    shell.run_cell("None", store_history=False, silent=True)  # type: ignore[no-untyped-call]
+    child.exercise_shell(shell)
     exercise_runtime()
     exercise_papermill()
     gc.collect()
