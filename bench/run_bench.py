@@ -530,21 +530,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="rounds per measure (default 5)")
     parser.add_argument("--json", type=Path, default=BENCH / "results.json")
     parser.add_argument("--quick", action="store_true", help="fewer rounds, no venv sizes")
-    parser.add_argument(
-        "--only",
-        nargs="*",
-        help="measures to run: cold warm payloads large import memory transfer size",
-    )
+    parser.add_argument("--only", nargs="*", choices=MEASURES, help="the measures to run")
     args = parser.parse_args()
     rounds = 2 if args.quick else args.repeat
-    only = set(
-        args.only or ["cold", "warm", "payloads", "large", "import", "memory", "transfer", "size"]
-    )
+    only = set(args.only or MEASURES)
     if args.quick:
         only.discard("size")
-    results: dict[str, Any] = {
-        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
-    }
+    machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    results: dict[str, Any] = {"machine": machine}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nb2task-bench-") as name:
         tmp = Path(name)
@@ -553,12 +546,7 @@ def main() -> None:
             steps: list[tuple[str, Callable[[], Any]]] = [
                 ("cold", lambda: measure_cold(tmp, rounds)),
                 ("warm", lambda: measure_warm(moto, tmp, max(2, rounds // 2), 15)),
-                (
-                    "payloads",
-                    lambda: measure_payloads(
-                        tmp, max(1, rounds // 3), results["cold"]["seconds"], 50
-                    ),
-                ),
+                ("payloads", lambda: measure_payloads(tmp, max(1, rounds // 3), results, 50)),
                 ("large", lambda: measure_large(tmp, max(2, rounds // 2))),
                 ("import", lambda: measure_import(rounds)),
                 ("memory", lambda: measure_memory(tmp, rounds)),
