@@ -25,6 +25,7 @@ import argparse
 import copy
 import json
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -86,9 +87,12 @@ def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[s
     for measure in variants.values():
         measure()
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, measure in variants.items():
-            samples[name].append(measure())
+    order = list(variants)
+    for round_ in range(rounds):
+        # A new order each round: no variant always runs first (cold caches, GC).
+        random.Random(round_).shuffle(order)
+        for name in order:
+            samples[name].append(variants[name]())
     return {name: median(values) for name, values in samples.items()}
 
 
