@@ -14,7 +14,10 @@ from stactask import Task
 
 NOTEBOOK = Path(__file__).resolve().parent.parent / "notebooks" / "minimal.ipynb"
 # What the notebook runs instead of nb2task.emit: write the items where the task reads them.
-EMIT = "import json, nb2task\nnb2task.emit = lambda items: json.dump([i.to_dict() for i in items], open('items.json', 'w'))"
+EMIT = (
+    "import json, nb2task\n"
+    "nb2task.emit = lambda items: json.dump([i.to_dict() for i in items], open('items.json', 'w'))"
+)
 
 
 class PapermillTask(Task):
@@ -31,8 +34,9 @@ class PapermillTask(Task):
                                    "execution_count": None, "source": EMIT})  # fmt: skip
             source = Path(tmp) / "in.ipynb"
             source.write_text(json.dumps(nb))
+            papermill = str(Path(sys.executable).parent / "papermill")
             subprocess.run(
-                [str(Path(sys.executable).parent / "papermill"), str(source), str(Path(tmp) / "out.ipynb"),
+                [papermill, str(source), str(Path(tmp) / "out.ipynb"),
                  "-p", "payload", str(payload), "-p", "note", note, "--cwd", tmp,
                  "--no-progress-bar", "--log-level", "WARNING"],
                 check=True, capture_output=True,

@@ -10,7 +10,7 @@ machine. Each nb2task figure is measured under both engines (fork, kernel).
     against the papermill CLI glued into the same stactask steps (bench/papermill_task.py)
 (b) warm: the Lambda handler called again and again (record uploaded to a moto S3
     server), against the anchor's ``handler`` in a warm process; ``run --payloads`` over
-    50 payloads, against one cold run + 50 × 40 ms
+    50 payloads, against one cold run + 50 times 40 ms
 (c) a 400-item, 1.3 MB payload, cold: against the anchor; the executed notebook's size
 (d) import time of the Lambda handler module (with its init) against ``import stactask``
 (e) peak memory of a cold run (the process tree's PSS) against the anchor's; private
@@ -25,6 +25,7 @@ import argparse
 import copy
 import json
 import os
+import random
 import shutil
 import socket
 import statistics
@@ -53,6 +54,7 @@ AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_REGION": "us-east-1",
 }
+MEASURES = ("cold", "warm", "payloads", "large", "import", "memory", "transfer", "size")
 TARGETS = {
     "cold_ratio": 1.3,
     "warm_extra_ms": 30,
@@ -88,9 +90,12 @@ def interleaved(variants: dict[str, Callable[[], float]], rounds: int) -> dict[s
     for measure in variants.values():
         measure()
     samples: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(rounds):
-        for name, measure in variants.items():
-            samples[name].append(measure())
+    order = list(variants)
+    for round_ in range(rounds):
+        # A new order each round: no variant always runs first (cold caches, GC).
+        random.Random(round_).shuffle(order)
+        for name in order:
+            samples[name].append(variants[name]())
     return {name: median(values) for name, values in samples.items()}
 
 
@@ -145,9 +150,13 @@ def sample_payload() -> dict[str, Any]:
 
 
 def payload_for_s3() -> dict[str, Any]:
-    """The sample payload with outputs (and so the record) going to the moto bucket."""
+    """The sample payload as Cirrus would send it: assets in S3 (the notebook only reads
+    metadata, so none is fetched), outputs and so the record going to the moto bucket."""
     payload = sample_payload()
     payload["process"][0]["upload_options"]["path_template"] = f"s3://{BUCKET}/out/${{id}}/"
+    for item in payload["features"]:
+        for key, asset in item["assets"].items():
+            asset["href"] = f"s3://{BUCKET}/input/{item['id']}/{key}.tif"
     return payload
 
 
@@ -220,6 +229,7 @@ def measure_warm(moto: MotoServer, tmp: Path, rounds: int, count: int) -> dict[s
 
     def worker(kind: str, engine: str | None) -> Callable[[], float]:
         env = {**moto.env, "NB2TASK_NOTEBOOK": str(NOTEBOOK), "NB2TASK_LOG_LEVEL": "WARNING"}
+        env["NB2TASK_MEMORY_STATS"] = "1"  # each run reports its private memory
         env["AWS_LAMBDA_FUNCTION_NAME"] = "bench"  # the handler sets up at import, as in Lambda
         if engine:
             env["NB2TASK_ENGINE"] = engine
@@ -256,7 +266,8 @@ def measure_warm(moto: MotoServer, tmp: Path, rounds: int, count: int) -> dict[s
     }
 
 
-def measure_payloads(tmp: Path, rounds: int, cold_s: dict[str, float], n: int) -> dict[str, Any]:
+def measure_payloads(tmp: Path, rounds: int, results: dict[str, Any], n: int) -> dict[str, Any]:
+    cold_s = results["cold"]["seconds"]
     folder = tmp / "many"
     folder.mkdir(exist_ok=True)
     source = sample_payload()
@@ -281,9 +292,7 @@ def measure_payloads(tmp: Path, rounds: int, cold_s: dict[str, float], n: int) -
         return measure
 
     medians = interleaved({f"nb2task {e}": command(e) for e in ENGINES}, rounds)
-    budget = {
-        k: cold_s[k] + n * TARGETS["payloads_per_payload_ms"] / 1000 for k in medians
-    }
+    budget = {k: cold_s[k] + n * TARGETS["payloads_per_payload_ms"] / 1000 for k in medians}
     return {
         "payloads": n,
         "jobs": os.cpu_count(),
@@ -309,8 +318,7 @@ def measure_import(rounds: int) -> dict[str, Any]:
     medians = interleaved(variants, rounds * 2)
     return {
         "seconds": medians,
-        "extra_ms": (medians["import nb2task.lambda_function"] - medians["import stactask"])
-        * 1000,
+        "extra_ms": (medians["import nb2task.lambda_function"] - medians["import stactask"]) * 1000,
     }
 
 
@@ -354,7 +362,9 @@ def peak_pss_mb(command: list[str]) -> float:
 def measure_memory(tmp: Path, rounds: int) -> dict[str, Any]:
     commands = cold_commands(PAYLOAD, tmp / "mem-out.json")
     del commands["papermill+stactask"]
-    peaks = {k: median([peak_pss_mb(c) for _ in range(max(2, rounds // 2))]) for k, c in commands.items()}
+    peaks = {
+        k: median([peak_pss_mb(c) for _ in range(max(2, rounds // 2))]) for k, c in commands.items()
+    }
     anchor = peaks["anchor"]
     return {
         "peak_pss_mb": peaks,
@@ -382,7 +392,9 @@ def measure_transfer(moto: MotoServer, tmp: Path, rounds: int, mb: int = 32) -> 
     client = boto3.client("s3", endpoint_url=moto.endpoint, **_boto_credentials())
     item = json.loads(PAYLOAD.read_text())["features"][0]
     item["assets"] = {f"a{i}": {"href": str(p), "roles": ["data"]} for i, p in enumerate(files)}
-    payload = Payload({"process": [{"upload_options": {"path_template": f"s3://{BUCKET}/up/${{id}}"}}]})
+    payload = Payload(
+        {"process": [{"upload_options": {"path_template": f"s3://{BUCKET}/up/${{id}}"}}]}
+    )
 
     def ours_up() -> float:
         start = time.perf_counter()
@@ -464,41 +476,61 @@ def measure_size(tmp: Path) -> dict[str, Any]:
 
 
 def table(results: dict[str, Any]) -> list[str]:
+    """The results against their targets, one row a measure."""
     t = TARGETS
-    rows = [("measure", "fork", "kernel", "target")]
+    rows: list[tuple[str, str, str, str]] = [("measure", "fork", "kernel", "target")]
 
     def both(fmt: str, values: dict[str, float]) -> tuple[str, str]:
-        return tuple(fmt.format(values[f"nb2task {e}"]) for e in ENGINES)  # type: ignore[return-value]
+        fork, kernel = (fmt.format(values[f"nb2task {e}"]) for e in ENGINES)
+        return fork, kernel
+
+    def add(label: str, cells: tuple[str, str], target: str) -> None:
+        rows.append((label, cells[0], cells[1], target))
 
     if "cold" in results:
         c = results["cold"]
-        rows.append(("(a) cold, × anchor Task CLI", *both("{:.2f}×", c["ratio"]), f"≤ {t['cold_ratio']}×"))
-        rows.append(("(a) cold, × papermill+stactask", *both("{:.2f}×", {k: c["seconds"][k] / c["seconds"]["papermill+stactask"] for k in c["seconds"]}), "—"))
+        add("(a) cold, × anchor Task CLI", both("{:.2f}×", c["ratio"]), f"≤ {t['cold_ratio']}×")
+        papermill = c["seconds"]["papermill+stactask"]
+        per_papermill = {k: v / papermill for k, v in c["seconds"].items()}
+        add("(a) cold, × papermill+stactask", both("{:.2f}×", per_papermill), "—")
     if "warm" in results:
-        w = results["warm"]
-        rows.append(("(b) warm Lambda, ms over handler", *both("+{:.0f} ms", w["extra_ms"]), f"≤ +{t['warm_extra_ms']} ms"))
+        extra = results["warm"]["extra_ms"]
+        add(
+            "(b) warm Lambda, ms over handler",
+            both("+{:.0f} ms", extra),
+            f"≤ +{t['warm_extra_ms']} ms",
+        )
     if "payloads" in results:
         p = results["payloads"]
-        rows.append((f"(b) --payloads ×{p['payloads']}, s (budget)", *(f"{p['seconds'][f'nb2task {e}']:.1f} ({p['budget_s'][f'nb2task {e}']:.1f})" for e in ENGINES), "≤ cold + 40 ms each"))
+        cells = tuple(
+            f"{p['seconds'][f'nb2task {e}']:.1f} ({p['budget_s'][f'nb2task {e}']:.1f})"
+            for e in ENGINES
+        )
+        add(f"(b) --payloads ×{p['payloads']}, s (budget)", cells, "≤ cold + 40 ms each")  # type: ignore[arg-type]
     if "large" in results:
         lg = results["large"]
-        rows.append(("(c) 400 items, × anchor", *both("{:.2f}×", lg["ratio"]), f"≤ {t['large_ratio']}×"))
-        rows.append(("(c) executed notebook, KB", *(f"{lg['executed_notebook_kb'][e]:.0f}" for e in ENGINES), f"≤ {t['large_notebook_kb']}"))
+        add("(c) 400 items, × anchor", both("{:.2f}×", lg["ratio"]), f"≤ {t['large_ratio']}×")
+        sizes = tuple(f"{lg['executed_notebook_kb'][e]:.0f}" for e in ENGINES)
+        add("(c) executed notebook, KB", sizes, f"≤ {t['large_notebook_kb']}")  # type: ignore[arg-type]
     if "memory" in results:
-        m = results["memory"]
-        rows.append(("(e) cold peak PSS, × anchor", *both("{:.2f}×", m["ratio"]), f"≤ {t['cold_memory_ratio']}×"))
-    if "warm" in results and results["warm"]["private_mb_per_payload"]:
-        pm = results["warm"]["private_mb_per_payload"]
-        rows.append(("(e) private MB per warm payload", f"{pm.get('nb2task fork', float('nan')):.1f}", "(a kernel)", f"≤ {t['warm_private_mb']}"))
+        ratio = results["memory"]["ratio"]
+        add("(e) cold peak PSS, × anchor", both("{:.2f}×", ratio), f"≤ {t['cold_memory_ratio']}×")
+    private = results.get("warm", {}).get("private_mb_per_payload") or {}
+    if private:
+        fork = f"{private.get('nb2task fork', float('nan')):.1f}"
+        add("(e) private MB per warm payload", (fork, "(a kernel)"), f"≤ {t['warm_private_mb']}")
     if "import" in results:
-        rows.append(("(d) handler import, ms over stactask", f"+{results['import']['extra_ms']:.0f} ms", "", f"≤ +{t['import_extra_ms']} ms"))
+        extra_ms = f"+{results['import']['extra_ms']:.0f} ms"
+        add("(d) handler import, over stactask", (extra_ms, ""), f"≤ +{t['import_extra_ms']} ms")
     if "transfer" in results:
         r = results["transfer"]["ratio"]
-        rows.append(("(f) transfer, × boto3 (up / down)", f"{r['upload']:.2f} / {r['download']:.2f}", "", f"≥ {t['transfer_ratio']}×"))
+        updown = f"{r['upload']:.2f} / {r['download']:.2f}"
+        add("(f) transfer, × boto3 (up / down)", (updown, ""), f"≥ {t['transfer_ratio']}×")
     if "size" in results:
-        rows.append(("(g) runtime over stactask's deps, MB", f"+{results['size']['extra_mb']:.0f}", "", f"≤ +{t['runtime_extra_mb']}"))
-    widths = [max(len(str(r[i])) for r in rows) for i in range(4)]
-    return ["  ".join(str(c).ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        mb = f"+{results['size']['extra_mb']:.0f}"
+        add("(g) runtime over stactask's deps, MB", (mb, ""), f"≤ +{t['runtime_extra_mb']}")
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
 
 
 def main() -> None:
@@ -506,13 +538,14 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=5, help="rounds per measure (default 5)")
     parser.add_argument("--json", type=Path, default=BENCH / "results.json")
     parser.add_argument("--quick", action="store_true", help="fewer rounds, no venv sizes")
-    parser.add_argument("--only", nargs="*", help="measures to run: cold warm payloads large import memory transfer size")
+    parser.add_argument("--only", nargs="*", choices=MEASURES, help="the measures to run")
     args = parser.parse_args()
     rounds = 2 if args.quick else args.repeat
-    only = set(args.only or ["cold", "warm", "payloads", "large", "import", "memory", "transfer", "size"])
+    only = set(args.only or MEASURES)
     if args.quick:
         only.discard("size")
-    results: dict[str, Any] = {"machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]}}
+    machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
+    results: dict[str, Any] = {"machine": machine}
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="nb2task-bench-") as name:
         tmp = Path(name)
@@ -521,7 +554,7 @@ def main() -> None:
             steps: list[tuple[str, Callable[[], Any]]] = [
                 ("cold", lambda: measure_cold(tmp, rounds)),
                 ("warm", lambda: measure_warm(moto, tmp, max(2, rounds // 2), 15)),
-                ("payloads", lambda: measure_payloads(tmp, max(1, rounds // 3), results["cold"]["seconds"], 50)),
+                ("payloads", lambda: measure_payloads(tmp, max(1, rounds // 3), results, 50)),
                 ("large", lambda: measure_large(tmp, max(2, rounds // 2))),
                 ("import", lambda: measure_import(rounds)),
                 ("memory", lambda: measure_memory(tmp, rounds)),

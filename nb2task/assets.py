@@ -15,6 +15,7 @@ import asyncio
 import concurrent.futures
 import copy
 import logging
+import os
 from collections.abc import Coroutine, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
@@ -221,6 +222,9 @@ def upload_local_assets(
     return uploaded
 
 
+SMALL_UPLOAD_BYTES = 8 * 1024 * 1024  # s3transfer's own multipart threshold
+
+
 class S3Client(BotoS3):  # type: ignore[misc]
     """boto3utils' S3 client that remembers what it uploaded, to undo a partial upload."""
 
@@ -252,7 +256,12 @@ class S3Client(BotoS3):  # type: ignore[misc]
         extra = dict(extra or {})
         if public:
             extra["ACL"] = "public-read"
-        self.s3.upload_file(filename, bucket, key, ExtraArgs=extra)
+        if os.path.getsize(filename) < SMALL_UPLOAD_BYTES:
+            # One request: upload_file would start a transfer manager and its threads.
+            with open(filename, "rb") as body:
+                self.s3.put_object(Bucket=bucket, Key=key, Body=body, **extra)
+        else:
+            self.s3.upload_file(filename, bucket, key, ExtraArgs=extra)
         self.uploaded.append((bucket, key))
         url_out = f"s3://{bucket}/{key}"
         if not http_url:

@@ -54,7 +54,7 @@ class Child:
         return self.reader.read(deadline)
 
     def end(self) -> None:
-        """Let the child finish (its last output is flushed), then wait for its exit."""
+        """Let the child flush its last output, then end it (and all it started)."""
         if self.ended is not None:
             return
         with contextlib.suppress(protocol.ChannelClosed, protocol.ChannelTimeout):
@@ -64,8 +64,15 @@ class Child:
                 if message.get("op") == "bye":
                     self.private_kb = message.get("private_kb")
                     break
+        # Everything is said: kill it (and all it started) rather than wait for its exit.
+        self._kill()
         self.sock.close()
-        self.ended = self._wait(EXIT_TIMEOUT_S)
+        self.ended = "ended"
+
+    def reap(self) -> None:
+        """Collect an ended child (it was killed: this takes a few milliseconds)."""
+        if self.ended == "ended":
+            self.ended = self._wait(EXIT_TIMEOUT_S)
 
     def kill(self) -> str:
         """Kill the child (its whole process group) now; how it ended, in words."""
@@ -164,6 +171,7 @@ class CellRunner:
         hello = self.run.read(time.monotonic() + START_TIMEOUT_S)
         if hello.get("op") != "hello":
             raise NotebookDiedError("the notebook's process did not start")
+        self.child_ready = time.monotonic()
         cells = self.nb_man.nb.cells
         for index, cell in enumerate(cells):
             self.nb_man.cell_start(cell, index)
@@ -271,12 +279,15 @@ def run_cells(
     stats: dict[str, Any],
 ) -> None:
     """Run the notebook of papermill's ``nb_man`` in ``child``, then end the child."""
+    runner = CellRunner(nb_man, child, log_output, cell_timeout, timeout)
     try:
-        CellRunner(nb_man, child, log_output, cell_timeout, timeout).execute()
+        runner.execute()
         child.end()
     finally:
-        child.kill()
+        if child.ended is None:
+            child.kill()
         stats.update(pid=child.pid, private_kb=child.private_kb)
+        stats["child_ready"] = getattr(runner, "child_ready", None)
     nb_man.nb.metadata["language_info"] = dict(LANGUAGE_INFO)
 
 

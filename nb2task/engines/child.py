@@ -287,6 +287,24 @@ def prepare_shell() -> KernelLikeShell:
     return shell
 
 
+class _Discard:
+    def send(self, message: dict[str, Any]) -> None:
+        pass
+
+
+def exercise_shell(shell: KernelLikeShell) -> None:
+    """Run a few cells through the whole path once (value, print, display, an error and
+    its traceback), then reset the shell: code runs slowly the first time in a process
+    (lazy imports, caches), and every child would pay that again."""
+    shell.attach(_Discard())  # type: ignore[arg-type]
+    for code in ("x = 1 + 1\nx", "from IPython.display import display\ndisplay(x)", "1 / 0"):
+        shell.run_cell(code, store_history=True)  # type: ignore[no-untyped-call]
+    shell.reset(new_session=False)  # type: ignore[no-untyped-call]
+    shell.execution_count = 1
+    shell._last_traceback = None
+    shell.channel = None
+
+
 _streams: list[CapturedStream] = []
 
 
@@ -390,7 +408,12 @@ def serve(shell: KernelLikeShell, sock: socket.socket) -> None:
     stop.set()
     flush_streams()
     with contextlib.suppress(OSError):
-        channel.send({"op": "bye", "private_kb": private_memory_kb()})
+        memory = private_memory_kb() if os.environ.get(STATS_ENV) else None
+        channel.send({"op": "bye", "private_kb": memory})
+
+
+# Set (by the bench) to report each run's private memory: reading it costs ~3 ms a process.
+STATS_ENV = "NB2TASK_MEMORY_STATS"
 
 
 def private_memory_kb() -> int | None:

@@ -102,6 +102,7 @@ class ForkExecutor(Executor):
                 "language": self.language,
             }
             outcome = self._run(request, limits)
+            _timeline(outcome.get("stats"), request.get("sent"))
         execution = _result(outcome, time.perf_counter() - started)
         self.history.append(execution.stats)
         return execution
@@ -120,6 +121,7 @@ class ForkExecutor(Executor):
             theirs.close()
         finished = False
         try:
+            request["sent"] = time.monotonic()
             protocol.send(ours, request)
             reader = protocol.Reader(ours)
             deadline = (
@@ -150,6 +152,18 @@ class ForkExecutor(Executor):
                     zygote.kill(run_id)
                     zygote.wait_exit(run_id)
             ours.close()
+
+
+def _timeline(stats: dict[str, Any] | None, sent: float | None) -> None:
+    """Where a run's time went, in ms (all processes share the monotonic clock): the
+    leader's fork, the child's fork, and the rest (cells, papermill, harvest)."""
+    if not stats or sent is None:
+        return
+    received, ready = stats.pop("received", None), stats.pop("child_ready", None)
+    if received is not None:
+        stats["fork_leader_ms"] = round((received - sent) * 1000, 2)
+        if ready is not None:
+            stats["fork_child_ms"] = round((ready - received) * 1000, 2)
 
 
 def _result(outcome: dict[str, Any], seconds: float) -> Execution:

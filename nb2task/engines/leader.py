@@ -16,6 +16,7 @@ import contextlib
 import logging
 import os
 import socket
+import time
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +44,7 @@ def lead(shell: Any, sock: socket.socket) -> None:
     """Serve the one run that arrives on ``sock``."""
     processes.set_child_subreaper()
     request = protocol.Reader(sock).read()
+    received = time.monotonic()
     root = logging.getLogger()
     root.handlers = [_ToTask(sock)]
     root.setLevel(int(request.get("log_level", logging.INFO)))
@@ -50,9 +52,15 @@ def lead(shell: Any, sock: socket.socket) -> None:
     try:
         outcome = _run(request, child)
     finally:
-        child.kill()
-        processes.kill_below(os.getpid(), reap=True)  # what the run left running
+        if child.ended is None:
+            child._kill()
+        processes.kill_below(os.getpid())  # the child and everything the run started
+    outcome.setdefault("stats", {})["received"] = received
     protocol.send(sock, {"op": "result", **outcome})
+    # After the result (the task need not wait for the teardown): reap, and kill what came
+    # back to this process (a subreaper) once its parent died.
+    child.reap()
+    processes.kill_below(os.getpid(), reap=True)
 
 
 def _run(request: dict[str, Any], child: LocalChild) -> dict[str, Any]:
@@ -97,7 +105,8 @@ def _run(request: dict[str, Any], child: LocalChild) -> dict[str, Any]:
     except Exception as err:  # noqa: BLE001 - reported, in one line, by the task's process
         return {"status": "error", "kind": "Nb2TaskError",
                 "message": f"the notebook's run failed: {type(err).__name__}: {err}"}  # fmt: skip
-    from .child import private_memory_kb
+    from .child import STATS_ENV, private_memory_kb
 
-    stats["leader_private_kb"] = private_memory_kb()
+    if os.environ.get(STATS_ENV):
+        stats["leader_private_kb"] = private_memory_kb()
     return {"status": "ok", **found, "stats": stats}

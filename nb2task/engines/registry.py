@@ -10,6 +10,7 @@ use ``nb2task.engines.papermill_registry()``.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections.abc import Iterator
@@ -36,16 +37,15 @@ KERNEL_ENGINE = "nb2task-kernel"
 
 class SavingManager(NotebookExecutionManager):  # type: ignore[misc]
     """papermill's execution manager, saving the notebook once per cell (when it ends)
-    instead of twice, without re-validating it each time: papermill validates the
-    final notebook when it writes it."""
+    instead of twice, and cheaply: compact JSON (the C encoder; an indent would take
+    Python's), no copy, no validation: ~0.3 ms, not ~3 ms. papermill writes the final
+    notebook itself, validated, in nbformat's form."""
 
     def save(self, **kwargs: Any) -> None:
         # Secrets out first: papermill's own last write and the HTML use this notebook too.
         redact_notebook(self.nb)
         if self.output_path:
-            from nbformat.v4 import nbjson
-
-            text = nbjson.writes(self.nb)  # type: ignore[no-untyped-call]
+            text = json.dumps(self.nb, ensure_ascii=False)
             Path(self.output_path).write_text(text, encoding="utf-8")
         self.last_save_time = self.now()
 

@@ -27,6 +27,7 @@ import importlib
 import importlib.util
 import itertools
 import json
+import logging
 import os
 import queue
 import signal
@@ -40,6 +41,8 @@ from pathlib import Path
 from typing import Any
 
 from . import describe_exit, processes, protocol
+
+logger = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 120  # the warm-up imports the notebook's own modules
 FORK_TIMEOUT_S = 30
@@ -142,7 +145,7 @@ def warm_up(modules: list[str], skip: set[str], notebook_dir: Path | None) -> di
         if threading.active_count() > 1:
             _restart_without(module, skip)
     # Warm what every run touches, not only imports.
-    shell.run_cell("None", store_history=False, silent=True)  # type: ignore[no-untyped-call]
+    child.exercise_shell(shell)
     exercise_runtime()
     exercise_papermill()
     gc.collect()
@@ -360,6 +363,9 @@ def main(argv: list[str] | None = None) -> None:
     zygote = Zygote(control, warm.pop("shell"))
     zygote.send({"op": "ready", "pid": os.getpid(), **warm})
     zygote.serve()
+    # Nothing to flush or finalise: tearing down IPython and papermill would cost ~0.2 s
+    # that the task's process would wait for.
+    os._exit(0)
 
 
 # --- the handle, in the process that uses the warm parent ----------------------------
@@ -436,7 +442,12 @@ class ZygoteProcess:
         return f"exit status {self.process.poll()}"
 
     def wait_ready(self, timeout: float = READY_TIMEOUT_S) -> None:
-        if not self._ready.wait(timeout) or self._dead:
+        if not self._ready.is_set():
+            started = time.monotonic()
+            self._ready.wait(timeout)
+            waited = (time.monotonic() - started) * 1000
+            logger.debug("waited %.0f ms for the warm parent (its warm-up: %s)", waited, self.info)
+        if not self._ready.is_set() or self._dead:
             raise ZygoteGone(f"the warm parent did not start: {self.death_notice()}")
 
     def start(self, kind: str, sock: socket.socket, **request: Any) -> tuple[str, int]:
