@@ -36,9 +36,8 @@ def max_payload_bytes() -> int:
 
 
 def _too_large(where: str, limit: int) -> InvalidInput:
-    return InvalidInput(
-        f"payload {where} is over {limit / 1024**2:g} MB ({MAX_PAYLOAD_MB_ENV} sets the limit)"
-    )
+    size = f"{limit / 1024**2:g} MB" if limit >= 1024**2 else f"{limit} bytes"
+    return InvalidInput(f"payload {where} is over {size} ({MAX_PAYLOAD_MB_ENV} sets the limit)")
 
 
 def read_bytes(url: str | Path | None, stdin: IO[str] | None = None) -> bytes:
@@ -95,16 +94,16 @@ _s3_lock = threading.Lock()
 
 
 def s3_client() -> Any:
-    """One boto3 S3 client per process (thread-safe), with standard retries (a 503
-    SlowDown is tried again, with backoff)."""
+    """One boto3 S3 client per process (thread-safe). Its retries (a 503 SlowDown is
+    tried again, with backoff) come from the environment: ``runner.retry_storage_errors``
+    sets standard mode and 5 attempts unless ``AWS_RETRY_MODE``/``AWS_MAX_ATTEMPTS`` say
+    otherwise."""
     global _s3
     with _s3_lock:
         if _s3 is None:
             import boto3
-            from botocore.config import Config
 
-            config = Config(retries={"mode": "standard", "max_attempts": 5})
-            _s3 = boto3.client("s3", config=config)
+            _s3 = boto3.client("s3")
     return _s3
 
 
@@ -116,13 +115,19 @@ def read_json(url: str | Path | None, stdin: IO[str] | None = None) -> Any:
     except UnicodeDecodeError:
         raise InvalidInput(f"payload {where} is not UTF-8 text") from None
     try:
-        document = json.loads(text)
+        document = json.loads(text, parse_constant=_not_json)
     except json.JSONDecodeError as err:
+        raise InvalidInput(f"payload {where} is not JSON: {err}") from None
+    except ValueError as err:  # NaN or Infinity: Python reads them, JSON has no such thing
         raise InvalidInput(f"payload {where} is not JSON: {err}") from None
     except RecursionError:
         raise InvalidInput(f"payload {where} nests more than {MAX_DEPTH} levels deep") from None
     check_depth(document, f"payload {where}")
     return document
+
+
+def _not_json(constant: str) -> Any:
+    raise ValueError(f"{constant} is not a JSON value")
 
 
 def check_depth(document: Any, where: str) -> None:
@@ -147,12 +152,13 @@ def load(
     document, as a Lambda event), following one ``{"url": ...}`` indirection: to an
     ``s3://`` URL only, unless ``local_indirection`` (the command line). Relative asset
     hrefs of a local payload file are made absolute against its folder."""
-    if isinstance(source, dict):
+    parsed = source is not None and not isinstance(source, str | Path)
+    if parsed:  # a Lambda event: already JSON, of any shape
         check_depth(source, "the event")
         document: Any = source
     else:
         document = read_json(source, stdin)
-    where = None if isinstance(source, dict) else source
+    where = None if parsed else source
     target = indirection(document)
     if target is not None:
         if not target.startswith("s3://") and not local_indirection:

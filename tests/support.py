@@ -264,3 +264,110 @@ def hrefs(document: Any) -> Iterator[str]:
 def local_hrefs(document: Any) -> list[str]:
     """The hrefs of a JSON document that point at a local file (not s3/http/https)."""
     return [h for h in hrefs(document) if not h.startswith(("s3://", "http://", "https://"))]
+
+
+# --- Storage faults ---------------------------------------------------------------------------
+
+
+class FaultProxy:
+    """An HTTP proxy on 127.0.0.1 in front of the moto server that injects storage faults.
+
+    ``fail(n, status, code)`` answers the next ``n`` requests (whose method is in
+    ``methods``, if given) with an S3 error instead of forwarding them, as S3 does when it
+    throttles (503 SlowDown) or breaks (500). Everything else is forwarded unchanged.
+    """
+
+    def __init__(self, upstream: str) -> None:
+        import http.client
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+        from urllib.parse import urlsplit
+
+        target = urlsplit(upstream)
+        proxy = self
+        # (status, code, methods, requests to let through first), one entry a failure
+        self.failures: list[tuple[int, str, frozenset[str], int]] = []
+        self.passed: dict[int, int] = {}
+        self.failed = 0
+        self.lock = threading.Lock()
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+            def _any(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(length) if length else b""
+                fault = proxy._take(self.command)
+                if fault is not None:
+                    status, code = fault
+                    text = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(text)))
+                    self.end_headers()
+                    self.wfile.write(text)
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() != "host"}
+                headers["Host"] = target.netloc
+                conn.request(self.command, self.path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = response.read()
+                self.send_response(response.status)
+                for key, value in response.getheaders():
+                    if key.lower() not in ("transfer-encoding", "connection", "content-length"):
+                        self.send_header(key, value)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.endpoint = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def fail(
+        self,
+        n: int,
+        status: int = 503,
+        code: str = "SlowDown",
+        methods: str = "",
+        after: int = 0,
+    ) -> None:
+        """Answer ``n`` requests (of ``methods``, e.g. "PUT GET") with an error, once
+        ``after`` of them have gone through."""
+        with self.lock:
+            self.failures += [(status, code, frozenset(methods.split()), after)] * n
+
+    def _take(self, method: str) -> tuple[int, str] | None:
+        with self.lock:
+            for index, (status, code, methods, after) in enumerate(self.failures):
+                if methods and method not in methods:
+                    continue
+                key = hash((status, code, methods, after))
+                if self.passed.get(key, 0) < after:
+                    self.passed[key] = self.passed.get(key, 0) + 1
+                    return None
+                del self.failures[index]
+                self.failed += 1
+                return status, code
+        return None
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def closed_port_url() -> str:
+    """An http URL on 127.0.0.1 where nothing listens: connections are refused."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return f"http://127.0.0.1:{port}"
