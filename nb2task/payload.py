@@ -144,7 +144,7 @@ def check_depth(document: Any, where: str) -> None:
 
 
 def load(
-    source: str | Path | dict[str, Any] | None,
+    source: str | Path | dict[str, Any] | list[Any] | None,
     stdin: IO[str] | None = None,
     local_indirection: bool = True,
 ) -> dict[str, Any]:
@@ -152,13 +152,13 @@ def load(
     document, as a Lambda event), following one ``{"url": ...}`` indirection: to an
     ``s3://`` URL only, unless ``local_indirection`` (the command line). Relative asset
     hrefs of a local payload file are made absolute against its folder."""
-    parsed = source is not None and not isinstance(source, str | Path)
-    if parsed:  # a Lambda event: already JSON, of any shape
+    where: str | Path | None = None
+    if source is None or isinstance(source, str | Path):
+        document: Any = read_json(source, stdin)
+        where = source
+    else:  # a Lambda event: already JSON, of any shape
         check_depth(source, "the event")
-        document: Any = source
-    else:
-        document = read_json(source, stdin)
-    where = None if parsed else source
+        document = source
     target = indirection(document)
     if target is not None:
         if not target.startswith("s3://") and not local_indirection:
