@@ -6,9 +6,19 @@ In a notebook, ``import nb2task`` is light: ``read_items`` and ``emit`` come fro
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 from .runtime import emit, read_items
+
+# stactask warns about payloads' legacy keys (``upload_options.collections``, ``process``
+# as a dict, ``tasks`` as a list) on every access, its own included: the one filter, by
+# message, since the warnings are attributed to whichever module reads the key.
+warnings.filterwarnings(
+    "ignore",
+    message=r"'(upload_options\.collections|process|tasks)' .*(deprecated|unsupported)",
+    category=DeprecationWarning,
+)
 
 __version__ = "0.1.0"
 

@@ -19,7 +19,6 @@ from __future__ import annotations
 import atexit
 import json
 import logging
-import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -33,10 +32,6 @@ from .errors import Nb2TaskError, NotebookCellError, NotebookExitedEarly
 from .harvest import check_emitted
 from .notebook import Notebook
 from .validation import check_payload
-
-# stactask warns about its own legacy accessors (``collections`` mapping, ``process``
-# as a dict) on every access, including from its own code: one filter, here.
-warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"stactask(\..*)?$")
 
 INPUT_PAYLOAD_NAME = "input-payload.json"
 # A task option nb2task itself reads (unless the notebook declares it as a parameter).

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 import threading
-import warnings
 from functools import cache
 from typing import Any
 
@@ -180,9 +179,7 @@ def _check_collection_expressions(payload: Payload) -> None:
     """Parse every JSONPath now: stactask would only fail after the notebook ran."""
     from jsonpath_ng.ext import parser
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)
-        mapping = payload.collection_mapping
+    mapping = payload.collection_mapping
     expressions: list[tuple[str, Any]] = [
         (f"upload_options.collections[{name!r}]", expr) for name, expr in mapping.items()
     ]

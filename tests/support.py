@@ -285,8 +285,8 @@ class FaultProxy:
 
         target = urlsplit(upstream)
         proxy = self
-        # (status, code, methods, requests to let through first), one entry a failure
-        self.failures: list[tuple[int, str, frozenset[str], int]] = []
+        # (status, code, methods, requests to let through first, path part), one a failure
+        self.failures: list[tuple[int, str, frozenset[str], int, str]] = []
         self.passed: dict[int, int] = {}
         self.failed = 0
         self.lock = threading.Lock()
@@ -300,7 +300,7 @@ class FaultProxy:
             def _any(self) -> None:
                 length = int(self.headers.get("Content-Length") or 0)
                 body = self.rfile.read(length) if length else b""
-                fault = proxy._take(self.command)
+                fault = proxy._take(self.command, self.path)
                 if fault is not None:
                     status, code = fault
                     text = f"<Error><Code>{code}</Code><Message>injected</Message></Error>".encode()
@@ -338,18 +338,19 @@ class FaultProxy:
         code: str = "SlowDown",
         methods: str = "",
         after: int = 0,
+        path: str = "",
     ) -> None:
-        """Answer ``n`` requests (of ``methods``, e.g. "PUT GET") with an error, once
-        ``after`` of them have gone through."""
+        """Answer ``n`` requests (of ``methods``, e.g. "PUT GET", to a URL path holding
+        ``path``) with an error, once ``after`` of them have gone through."""
         with self.lock:
-            self.failures += [(status, code, frozenset(methods.split()), after)] * n
+            self.failures += [(status, code, frozenset(methods.split()), after, path)] * n
 
-    def _take(self, method: str) -> tuple[int, str] | None:
+    def _take(self, method: str, url_path: str) -> tuple[int, str] | None:
         with self.lock:
-            for index, (status, code, methods, after) in enumerate(self.failures):
-                if methods and method not in methods:
+            for index, (status, code, methods, after, path) in enumerate(self.failures):
+                if (methods and method not in methods) or path not in url_path:
                     continue
-                key = hash((status, code, methods, after))
+                key = hash((status, code, methods, after, path))
                 if self.passed.get(key, 0) < after:
                     self.passed[key] = self.passed.get(key, 0) + 1
                     return None

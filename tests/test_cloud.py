@@ -18,6 +18,7 @@ from support import (
     NB2TASK_TASK,
     NDVI_ID,
     NOTEBOOKS,
+    FaultProxy,
     get_bytes,
     get_json,
     keys,
@@ -186,15 +187,23 @@ def test_partial_upload_is_undone(s3: Any, bucket: str, writer: Path, write_json
 
 
 def test_output_write_failure_undoes_the_uploads(
-    s3: Any, bucket: str, writer: Path, write_json
+    s3: Any, bucket: str, writer: Path, write_json, s3_endpoint: str
 ) -> None:
+    """Writing the output payload fails (S3 breaks for that one key, past every retry):
+    the outputs already uploaded are deleted again."""
     payload = make_payload(upload_options={"path_template": f"s3://{bucket}/out/${{id}}"})
-    result = run_cli(
-        "run", writer, write_json("in.json", payload), "--output", "http://127.0.0.1:9/o.json"
-    )
+    proxy = FaultProxy(s3_endpoint)
+    proxy.fail(20, 500, "InternalError", "PUT", path="/o.json")
+    try:
+        result = run_cli(
+            "run", writer, write_json("in.json", payload), "--output", f"s3://{bucket}/o.json",
+            env={"AWS_ENDPOINT_URL": proxy.endpoint, "AWS_MAX_ATTEMPTS": "1"},
+        )  # fmt: skip
+    finally:
+        proxy.close()
     assert result.returncode == 1
     assert result.last_stderr_line.startswith(
-        "nb2task.errors.OutputError: cannot write the output payload to http://127.0.0.1:9/o.json"
+        f"nb2task.errors.OutputError: cannot write the output payload to s3://{bucket}/o.json"
     )
     # The assets are gone again; only the run's record stays, for debugging.
     assert keys(s3, bucket) == {
