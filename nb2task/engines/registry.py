@@ -57,7 +57,8 @@ class SavingManager(NotebookExecutionManager):  # type: ignore[misc]
 class RecordingEngine(Engine):  # type: ignore[misc]
     """What nb2task's engines share: the saving manager, and the notebook's path (not
     the whole notebook, which papermill records when given a notebook object) in the
-    executed notebook's metadata."""
+    executed notebook's metadata, with ``record_metadata`` (what the run was: payload,
+    task, versions) added before the first save, so a failed run's record has it too."""
 
     @classmethod
     def execute_notebook(
@@ -69,10 +70,12 @@ class RecordingEngine(Engine):  # type: ignore[misc]
         log_output: bool = False,
         autosave_cell_every: int = 30,
         notebook_path: str = "",
+        record_metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
         if not isinstance(nb.metadata.papermill.get("input_path"), str):
             nb.metadata.papermill["input_path"] = notebook_path or None
+        nb.metadata.update(record_metadata or {})
         nb_man = SavingManager(
             nb,
             output_path=output_path,
