@@ -24,6 +24,8 @@ from papermill.log import logger as papermill_logger
 from papermill.models import Parameter
 from papermill.translators import PythonTranslator, papermill_translators
 
+from .. import progress
+
 if TYPE_CHECKING:
     from ..schema import ParameterSchema
 
@@ -49,6 +51,10 @@ class SavingManager(NotebookExecutionManager):  # type: ignore[misc]
         # papermill's cell_start, minus its save: the cell's end saves.
         if self.log_output:
             papermill_logger.info(f"Executing Cell {(cell_index or 0) + 1:-<40}")
+        if cell.cell_type == "code" and cell.source.strip():
+            code = [c for c in self.nb.cells if c.cell_type == "code" and c.source.strip()]
+            number = next((i for i, c in enumerate(code, 1) if c is cell), 0)
+            progress.cell(number, len(code), cell.source)
         cell.metadata.papermill["start_time"] = self.now().isoformat()
         cell.metadata.papermill["status"] = self.RUNNING
         cell.metadata.papermill["exception"] = False
