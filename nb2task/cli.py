@@ -34,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a notebook as a task on one payload")
     run.add_argument(
-        "notebook", type=Path, help="the notebook (.ipynb, or a jupytext percent-format .py)"
+        "notebook",
+        type=Path,
+        help="the notebook: .ipynb, or a .py file in jupytext's percent format "
+        "(# %%%% cells; works on a plain install)",
     )
     add_run_arguments(run)
     run.add_argument(
@@ -147,7 +150,16 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar=("NAME", "VALUE"),
-        help="set a parameter (overrides the payload)",
+        help="set a parameter (overrides the payload and -f); VALUE is JSON unless the "
+        "parameter is a plain str",
+    )
+    run.add_argument(
+        "-f",
+        "--parameters-file",
+        type=Path,
+        metavar="FILE",
+        help="parameters from a YAML or JSON file (as papermill's -f): over the payload's, "
+        "under -p",
     )
     run.add_argument(
         "--cell-timeout", type=_positive, help="seconds a cell may run (default: no limit)"
@@ -175,6 +187,18 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         default=None,
         help="render the executed notebook as HTML on success too (default: the notebook's "
         "record_html setting; a failed run's record is always rendered)",
+    )
+    run.add_argument(
+        "--log-output",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("NB2TASK_LOG_OUTPUT", "") not in ("", "0"),
+        help="stream the cells' output to the log as it comes (default: off, or "
+        "$NB2TASK_LOG_OUTPUT; the executed notebook always has it)",
+    )
+    run.add_argument(
+        "--require-items",
+        action="store_true",
+        help="fail the run if the notebook emits no items (default: a warning)",
     )
     run.add_argument(
         "--logging",
@@ -224,11 +248,12 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from . import logs
+    from . import logs, progress
 
     # Batch sends SIGTERM before it kills: unwind, so the record is kept and the last
     # line still says what happened.
     signal.signal(signal.SIGTERM, _on_sigterm)
+    display: progress.LiveDisplay | None = None
     try:
         if args.command == "run":
             if not str(args.notebook) or str(args.notebook) == ".":
@@ -236,6 +261,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
                 raise UsageError("NB2TASK_NOTEBOOK is not set: the image must name its notebook")
             logs.configure(args.logging)
+            if not getattr(args, "payloads", None):
+                display = progress.live_display()
             _run(args)
         elif args.command == "inspect":
             _inspect(args)
@@ -244,21 +271,33 @@ def _dispatch(args: argparse.Namespace) -> int:
         elif args.command == "build":
             logs.configure("INFO")
             _build(args)
+        if display is not None:
+            display.finish(failed=False)
         return 0
     except KeyboardInterrupt:
+        if display is not None:
+            display.finish(failed=True)
         print("KeyboardInterrupt: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - every failure ends in one clean line
+        if display is not None:
+            display.finish(failed=True)  # the status line goes before the error line
         return _report(err)
 
 
 def run_options(args: argparse.Namespace) -> Any:
     """The RunOptions the command line asks for (``--local`` as stactask defines it)."""
     from .runner import RunOptions
+    from .schema import read_parameters_file
 
+    values_file = args.parameters_file
     options = {
         "task_name": args.task_name,
         "parameters": tuple((name, value) for name, value in args.parameter),
+        "parameter_values": read_parameters_file(values_file) if values_file else {},
+        "parameter_values_from": f"-f {values_file}",
+        "log_output": args.log_output,
+        "require_items": args.require_items,
         "download_assets": args.download_assets,
         "cell_timeout": args.cell_timeout,
         "timeout": args.timeout,
@@ -277,6 +316,8 @@ def _run(args: argparse.Namespace) -> None:
     from .runner import LOCAL_OUTPUT, Runner
 
     options = run_options(args)
+    if not options.log_output:  # papermill's INFO records are the cells' output
+        logging.getLogger("papermill").setLevel(logging.WARNING)
     if getattr(args, "payloads", None):
         _run_many(args, options)
         return
@@ -338,6 +379,7 @@ def _inspect(args: argparse.Namespace) -> None:
 
     notebook = Notebook.load(args.notebook)
     if args.json:
+        notebook.check_runnable_as_task()
         print(json.dumps(notebook.schema.json_schema(title=notebook.name), indent=2))
         return
     rows = [("name", "type", "default", "help")]
@@ -351,7 +393,8 @@ def _inspect(args: argparse.Namespace) -> None:
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
     reserved = sorted(notebook.schema.declared_reserved)
-    print(f"injected by nb2task: {', '.join(reserved) if reserved else 'none'}")
+    print(f"injected by nb2task: {', '.join(reserved) if reserved else 'none'}", flush=True)
+    notebook.check_runnable_as_task()  # a notebook that cannot take a payload: exit 2
 
 
 def _report_html(args: argparse.Namespace) -> None:
@@ -368,6 +411,7 @@ def _report(err: Exception) -> int:
     from stactask.exceptions import InvalidInput
 
     from .errors import Nb2TaskError, error_line, exit_code
+    from .failure import context_lines
 
     if not isinstance(err, Nb2TaskError | InvalidInput):
         # An unexpected error: the traceback helps whoever debugs it.
@@ -378,6 +422,8 @@ def _report(err: Exception) -> int:
 
     gc.collect()
     sys.stdout.flush()
+    for line in context_lines(err):
+        print(line, file=sys.stderr)
     sys.stderr.flush()
     print(error_line(err), file=sys.stderr, flush=True)
     logging.disable(logging.CRITICAL)
