@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("notebook", type=Path)
     inspect.add_argument("--json", action="store_true", help="print the JSON Schema")
 
+    lint = commands.add_parser(
+        "lint", help="find what would go wrong with notebooks as tasks, before they run"
+    )
+    lint.add_argument("notebooks", type=Path, nargs="+", metavar="NOTEBOOK")
+    lint.add_argument("--strict", action="store_true", help="warnings fail too (exit 1), as in CI")
+
     build = commands.add_parser("build", help="write a Docker build context and deploy files")
     build.add_argument("notebook", type=Path)
     build.add_argument("-o", "--output-dir", type=Path, help="where (default: build/<name>)")
@@ -271,6 +277,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         elif args.command == "build":
             logs.configure("INFO")
             _build(args)
+        elif args.command == "lint":
+            _lint(args)
         if display is not None:
             display.finish(failed=False)
         return 0
@@ -395,6 +403,25 @@ def _inspect(args: argparse.Namespace) -> None:
     reserved = sorted(notebook.schema.declared_reserved)
     print(f"injected by nb2task: {', '.join(reserved) if reserved else 'none'}", flush=True)
     notebook.check_runnable_as_task()  # a notebook that cannot take a payload: exit 2
+
+
+def _lint(args: argparse.Namespace) -> None:
+    from .errors import LintError
+    from .lint import lint, verdict
+
+    failed = []
+    for notebook in args.notebooks:
+        findings = lint(notebook)
+        for finding in findings:
+            print(finding.format(notebook))
+        if not findings:
+            print(f"{notebook}: no problems found")
+        problem = verdict(notebook, findings, args.strict)
+        if problem:
+            failed.append(problem)
+    sys.stdout.flush()
+    if failed:
+        raise LintError("; ".join(failed))
 
 
 def _report_html(args: argparse.Namespace) -> None:

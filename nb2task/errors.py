@@ -22,6 +22,7 @@ __all__ = [
     "BuildError",
     "InvalidInput",
     "InvalidItemError",
+    "LintError",
     "Nb2TaskError",
     "NoItemsError",
     "NotebookCellError",
@@ -62,6 +63,10 @@ class NotebookError(UsageError):
 
 class BuildError(UsageError):
     """The notebook cannot be turned into a build context, or the image build failed."""
+
+
+class LintError(Nb2TaskError):
+    """``nb2task lint`` found errors (or warnings, with ``--strict``)."""
 
 
 class AssetError(Nb2TaskError):
