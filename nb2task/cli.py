@@ -65,6 +65,29 @@ def build_parser() -> argparse.ArgumentParser:
     inspect.add_argument("notebook", type=Path)
     inspect.add_argument("--json", action="store_true", help="print the JSON Schema")
 
+    new = commands.add_parser(
+        "new", help="make a task folder: notebook, sample payload, golden fixtures, tests"
+    )
+    new.add_argument("name", type=Path, help="the folder to make; its name is the task's")
+    new.add_argument(
+        "--template",
+        choices=("minimal", "ndvi"),
+        default="minimal",
+        help="minimal: standard library only (default); ndvi: rasterio and numpy",
+    )
+
+    test = commands.add_parser(
+        "test", help="run a notebook's golden fixtures (fixtures/{success,failure}/<case>/)"
+    )
+    test.add_argument(
+        "notebook", type=Path, help="the notebook, or its folder (the one notebook in it)"
+    )
+    test.add_argument(
+        "--update", action="store_true", help="write out.json / exception.txt from this run"
+    )
+    test.add_argument("-k", metavar="TEXT", help="only the cases whose name contains TEXT")
+    test.add_argument("--engine", choices=ENGINES, default=os.environ.get("NB2TASK_ENGINE") or None)
+
     lint = commands.add_parser(
         "lint", help="find what would go wrong with notebooks as tasks, before they run"
     )
@@ -279,6 +302,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             _build(args)
         elif args.command == "lint":
             _lint(args)
+        elif args.command == "test":
+            _test(args)
+        elif args.command == "new":
+            _new(args)
         if display is not None:
             display.finish(failed=False)
         return 0
@@ -403,6 +430,54 @@ def _inspect(args: argparse.Namespace) -> None:
     reserved = sorted(notebook.schema.declared_reserved)
     print(f"injected by nb2task: {', '.join(reserved) if reserved else 'none'}", flush=True)
     notebook.check_runnable_as_task()  # a notebook that cannot take a payload: exit 2
+
+
+def _new(args: argparse.Namespace) -> None:
+    from .scaffold import scaffold
+
+    written = scaffold(args.name, args.template)
+    folder, name = args.name, args.name.resolve().name
+    print(f"made {folder}/ ({args.template} template):")
+    for path in written:
+        print(f"  {path}")
+    print(
+        f"next:\n  cd {folder}\n"
+        f"  nb2task run {name}.ipynb {name}.payload.json --local\n"
+        f"  nb2task test {name}.ipynb\n"
+        f"  jupyter lab {name}.ipynb"
+    )
+
+
+def _test(args: argparse.Namespace) -> None:
+    from .errors import GoldenMismatch, UsageError
+    from .goldens import FIXTURES, GoldenRunner, find_cases, fixtures_of, notebook_for
+
+    notebook = args.notebook
+    if notebook.is_dir():
+        notebook = notebook_for(notebook / FIXTURES)
+    elif not notebook.is_file():
+        raise UsageError(f"no such notebook: {notebook}")
+    fixtures = fixtures_of(notebook)
+    cases = find_cases(fixtures, args.k)
+    if not cases:
+        raise UsageError(
+            f"no cases in {fixtures}: a case is a folder fixtures/success/<case>/ (or "
+            "failure/) with an in.json (`nb2task new` makes a task folder with some)"
+        )
+    print(f"{notebook}: {len(cases)} case(s) in {fixtures}", flush=True)
+    failed = []
+    with GoldenRunner(notebook, args.engine) as golden:
+        for case in cases:
+            outcome = golden.run(case, update=args.update)
+            status = "UPDATED" if outcome.updated else "PASS" if outcome.passed else "FAIL"
+            print(f"  {status:<7} {case.name}  ({outcome.seconds:.1f} s)", flush=True)
+            if not outcome.passed:
+                failed.append(case.name)
+                for line in outcome.problems + [f"log: {log}" for log in outcome.logs[-8:]]:
+                    print(f"          {line}", flush=True)
+    if failed:
+        raise GoldenMismatch(f"{len(failed)} of {len(cases)} case(s) failed: {', '.join(failed)}")
+    print(f"{len(cases)} case(s) {'updated' if args.update else 'passed'}")
 
 
 def _lint(args: argparse.Namespace) -> None:

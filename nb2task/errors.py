@@ -20,6 +20,7 @@ __all__ = [
     "EXIT_USAGE",
     "AssetError",
     "BuildError",
+    "GoldenMismatch",
     "InvalidInput",
     "InvalidItemError",
     "LintError",
@@ -67,6 +68,10 @@ class BuildError(UsageError):
 
 class LintError(Nb2TaskError):
     """``nb2task lint`` found errors (or warnings, with ``--strict``)."""
+
+
+class GoldenMismatch(Nb2TaskError):
+    """``nb2task test``: a golden case failed."""
 
 
 class AssetError(Nb2TaskError):
