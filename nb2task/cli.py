@@ -88,6 +88,41 @@ def build_parser() -> argparse.ArgumentParser:
     test.add_argument("-k", metavar="TEXT", help="only the cases whose name contains TEXT")
     test.add_argument("--engine", choices=ENGINES, default=os.environ.get("NB2TASK_ENGINE") or None)
 
+    replay = commands.add_parser(
+        "replay",
+        help="run a recorded run again here, from its executed notebook (local or s3://)",
+    )
+    replay.add_argument("record", help="the run's executed notebook: a path or URL (s3://...)")
+    replay.add_argument(
+        "--notebook", type=Path, help="run this notebook instead of the code the record holds"
+    )
+    replay.add_argument(
+        "--payload", metavar="INPUT", help="the payload, if the record's cannot be reached"
+    )
+    replay.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(LOCAL_WORKDIR) / "replay",
+        help=f"where the run goes, as run --local (default: {LOCAL_WORKDIR}/replay/)",
+    )
+    replay.add_argument("--engine", choices=ENGINES, help="default: the recorded run's engine")
+    replay.add_argument(
+        "--jupyter",
+        type=Path,
+        metavar="DIR",
+        help="do not run: write the notebook with the run's parameters, and its payload, "
+        "into DIR for JupyterLab",
+    )
+    replay.add_argument(
+        "--assets",
+        nargs="?",
+        const="",
+        metavar="KEYS",
+        help="with --jupyter: download the payload's assets into DIR too (default: those the "
+        "run downloaded, else all)",
+    )
+    add_logging_argument(replay)
+
     lint = commands.add_parser(
         "lint", help="find what would go wrong with notebooks as tasks, before they run"
     )
@@ -229,7 +264,12 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         action="store_true",
         help="fail the run if the notebook emits no items (default: a warning)",
     )
-    run.add_argument(
+    add_logging_argument(run)
+
+
+def add_logging_argument(parser: argparse.ArgumentParser) -> None:
+    """``--logging LEVEL``."""
+    parser.add_argument(
         "--logging",
         default=os.environ.get("NB2TASK_LOG_LEVEL", "INFO").upper(),
         type=str.upper,
@@ -306,6 +346,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             _test(args)
         elif args.command == "new":
             _new(args)
+        elif args.command == "replay":
+            logs.configure(args.logging)
+            logging.getLogger("papermill").setLevel(logging.WARNING)
+            if args.jupyter is None:
+                display = progress.live_display()
+            _replay(args, display)
         if display is not None:
             display.finish(failed=False)
         return 0
@@ -430,6 +476,28 @@ def _inspect(args: argparse.Namespace) -> None:
     reserved = sorted(notebook.schema.declared_reserved)
     print(f"injected by nb2task: {', '.join(reserved) if reserved else 'none'}", flush=True)
     notebook.check_runnable_as_task()  # a notebook that cannot take a payload: exit 2
+
+
+def _replay(args: argparse.Namespace, display: Any) -> None:
+    from .errors import UsageError
+    from .replay import prepare_jupyter, read_record, replay
+
+    record = read_record(args.record)
+    if args.jupyter is not None:
+        path = prepare_jupyter(record, args.jupyter, args.payload, args.assets)
+        print(f"prepared {path} with the recorded run's parameters and payload:")
+        print(f"  jupyter lab {path}")
+        if record.error:
+            print(f"  the recorded run failed: {record.error}")
+        return
+    if args.assets is not None:
+        raise UsageError("--assets goes with --jupyter (a replayed run downloads what the run did)")
+    outcome = replay(record, args.notebook, args.payload, args.workdir, args.engine)
+    if display is not None:
+        display.finish(failed=outcome.error is not None)
+    print(outcome.verdict(), file=sys.stderr, flush=True)
+    if outcome.error is not None:
+        raise outcome.error
 
 
 def _new(args: argparse.Namespace) -> None:

@@ -94,7 +94,9 @@ class LiveDisplay(logging.Handler):
 
     def finish(self, failed: bool) -> None:
         """Stop drawing: the running stage's line is written, marked as failed or done;
-        nothing is written after this."""
+        nothing is written after this. Only the first call counts."""
+        if self._stop.is_set():
+            return
         self._stop.set()
         if self._ticker.is_alive():
             self._ticker.join()
