@@ -517,21 +517,11 @@ def _new(args: argparse.Namespace) -> None:
 
 
 def _test(args: argparse.Namespace) -> None:
-    from .errors import GoldenMismatch, UsageError
-    from .goldens import FIXTURES, GoldenRunner, find_cases, fixtures_of, notebook_for
+    from .errors import GoldenMismatch
+    from .goldens import GoldenRunner, task_cases
 
-    notebook = args.notebook
-    if notebook.is_dir():
-        notebook = notebook_for(notebook / FIXTURES)
-    elif not notebook.is_file():
-        raise UsageError(f"no such notebook: {notebook}")
-    fixtures = fixtures_of(notebook)
-    cases = find_cases(fixtures, args.k)
-    if not cases:
-        raise UsageError(
-            f"no cases in {fixtures}: a case is a folder fixtures/success/<case>/ (or "
-            "failure/) with an in.json (`nb2task new` makes a task folder with some)"
-        )
+    notebook, cases = task_cases(args.notebook, args.k)
+    fixtures = cases[0].folder.parent.parent
     print(f"{notebook}: {len(cases)} case(s) in {fixtures}", flush=True)
     failed = []
     with GoldenRunner(notebook, args.engine) as golden:

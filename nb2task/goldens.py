@@ -100,6 +100,22 @@ def find_cases(fixtures: Path, selected: str | None = None) -> list[Case]:
     return [c for c in cases if selected is None or selected in c.name]
 
 
+def task_cases(path: Path, selected: str | None = None) -> tuple[Path, list[Case]]:
+    """The notebook at ``path`` (or the one in the folder ``path``) and its cases (those
+    whose name contains ``selected``); UsageError if there is none."""
+    notebook = notebook_for(path / FIXTURES) if path.is_dir() else path
+    if not notebook.is_file():
+        raise UsageError(f"no such notebook: {notebook}")
+    fixtures = fixtures_of(notebook)
+    cases = find_cases(fixtures, selected)
+    if not cases:
+        raise UsageError(
+            f"no cases in {fixtures}: a case is a folder fixtures/success/<case>/ (or "
+            "failure/) with an in.json (`nb2task new` makes a task folder with some)"
+        )
+    return notebook, cases
+
+
 def notebook_for(fixtures: Path) -> Path:
     """The notebook a fixtures folder belongs to: the one notebook beside it."""
     folder = fixtures.parent

@@ -222,8 +222,11 @@ def outcome(
             if isinstance(asset, dict)
         ]
 
+    from .publish import StreamOutput
+
     url = getattr(output, "url", None)
-    parts = [f"{len(features)} item(s) → {_shown(url) if url else 'the output payload'}"]
+    where = _shown(url) if url else "stdout" if isinstance(output, StreamOutput) else "returned"
+    parts = [f"{len(features)} item(s) → {where}"]
     known = {a.get("href") for a in assets(payload.get("features"))}
     made = [
         str(a["href"])

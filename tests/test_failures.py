@@ -185,3 +185,10 @@ def test_run_help_says_py_notebooks_work() -> None:
     text = " ".join(result.stdout.split())
     assert ".py file in jupytext's percent format" in text
     assert "works on a plain install" in text
+
+
+def test_jupytext_comes_with_a_plain_install() -> None:
+    from importlib.metadata import requires
+
+    core = [r for r in requires("nb2task") or [] if "extra ==" not in r]
+    assert any(r.startswith("jupytext") for r in core), core
