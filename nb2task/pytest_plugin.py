@@ -90,8 +90,10 @@ class GoldenItem(pytest.Item):
             )
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException], style: Any = None) -> str:
-        if isinstance(excinfo.value, GoldenFailure):
-            return str(excinfo.value)
+        from .errors import Nb2TaskError
+
+        if isinstance(excinfo.value, GoldenFailure | Nb2TaskError):
+            return str(excinfo.value)  # a readable difference, or a layout problem
         return str(super().repr_failure(excinfo))
 
     def reportinfo(self) -> tuple[Path, int, str]:

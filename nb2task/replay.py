@@ -162,6 +162,26 @@ def payload_source(record: Record, given: str | None) -> str | dict[str, Any]:
     )
 
 
+def load_payload(record: Record, given: str | None) -> dict[str, Any]:
+    """The replay's payload (``payload_source``), read; a recorded one that cannot be
+    read here is a UsageError that says to give it."""
+    from stactask.exceptions import InvalidInput
+
+    from . import payload as payload_io
+
+    source = payload_source(record, given)
+    try:
+        document = payload_io.load(source)
+    except InvalidInput as err:
+        if given:
+            raise
+        raise UsageError(
+            f"the recorded payload cannot be read here ({err}): pass it with --payload"
+        ) from None
+    check_digest(record, document)
+    return document
+
+
 def check_digest(record: Record, document: dict[str, Any]) -> None:
     """Warn when the payload is not the one the recorded run had."""
     recorded = (record.run.get("payload") or {}).get("digest")
@@ -215,16 +235,14 @@ def replay(
     engine: str | None = None,
 ) -> Replay:
     """Run the recorded run again here (``run --local`` into ``workdir``)."""
-    from . import payload as payload_io
     from .publish import UrlOutput
     from .runner import Runner, RunOptions
 
     run = record.run
     if Path(record.url).resolve() == (workdir / f"{record.task_name}.executed.ipynb").resolve():
         raise UsageError(f"the replay would overwrite {record.url}: choose another --workdir")
+    document = load_payload(record, payload)
     source = payload_source(record, payload)
-    document = payload_io.load(source)
-    check_digest(record, document)
     keys = run.get("download_assets") or []
     options = RunOptions.local(
         workdir,
@@ -264,13 +282,11 @@ def prepare_jupyter(
     pointing at the payload beside it (``payload.json``), the recorded outputs and error
     banners kept, a first cell saying where it failed; with ``assets`` (keys, or '' for
     those the run downloaded, else all), the payload's assets downloaded beside it."""
-    from . import payload as payload_io
     from .assets import ALL_ASSETS, download_assets
 
     if folder.exists() and any(folder.iterdir()):
         raise UsageError(f"{folder} is not empty: choose a new folder for --jupyter")
-    document = payload_io.load(payload_source(record, payload))
-    check_digest(record, document)
+    document = load_payload(record, payload)
     folder.mkdir(parents=True, exist_ok=True)
     (folder / JUPYTER_WORKDIR).mkdir()
     if assets is not None:

@@ -13,7 +13,7 @@ import pytest
 from support import get_bytes, get_json, make_payload, put_json, run_cli, run_task, write_notebook
 
 from nb2task import __version__
-from nb2task.errors import NotebookCellError
+from nb2task.errors import NotebookCellError, UsageError
 from nb2task.payload import load
 from nb2task.provenance import payload_digest, public_url
 from nb2task.replay import Replay, prepare_jupyter, read_record, replay
@@ -156,6 +156,16 @@ def test_replay_warns_when_the_payload_changed(
     result = replay(read_record(record_path), payload=str(other), workdir=tmp_path / "again")
     assert "the payload differs from the recorded run's" in caplog.text
     assert result.verdict() == "replay: the failure reproduces"
+
+    # A recorded payload that cannot be read here (a path of the machine that ran it).
+    node = json.loads(record_path.read_text())
+    node["metadata"]["nb2task_run"]["payload"] = {"url": "/nowhere/in.json", "digest": "x"}
+    record_path.write_text(json.dumps(node))
+    with pytest.raises(
+        UsageError,
+        match=r"cannot be read here \(payload not found: /nowhere/in.json\): pass it with --payload",
+    ):
+        replay(read_record(record_path), workdir=tmp_path / "again")
 
 
 def test_replay_prepares_a_folder_for_jupyter(
