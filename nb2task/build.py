@@ -210,7 +210,7 @@ def container_properties(image: str, batch: BatchSettings) -> str:
 def pinned_requirements(notebook: Notebook, requirements_file: Path | None) -> list[str]:
     """The task's requirements, each pinned (``==``): to the version installed here when
     the source leaves it open, since that is the version the notebook was tried with."""
-    source = _requirement_lines(notebook, requirements_file)
+    source = requirement_lines(notebook, requirements_file)
     pinned = []
     for line in source:
         match = _REQUIREMENT_NAME.match(line)
@@ -231,7 +231,9 @@ def pinned_requirements(notebook: Notebook, requirements_file: Path | None) -> l
     return sorted(set(pinned), key=str.lower)
 
 
-def _requirement_lines(notebook: Notebook, requirements_file: Path | None) -> list[str]:
+def requirement_lines(notebook: Notebook, requirements_file: Path | None = None) -> list[str]:
+    """The task's requirements as written: ``requirements_file``, else the notebook's
+    metadata, else a ``requirements.txt`` beside the notebook."""
     if requirements_file is not None:
         text = requirements_file.read_text(encoding="utf-8")
     elif notebook.settings.requirements:

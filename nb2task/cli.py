@@ -34,7 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a notebook as a task on one payload")
     run.add_argument(
-        "notebook", type=Path, help="the notebook (.ipynb, or a jupytext percent-format .py)"
+        "notebook",
+        type=Path,
+        help="the notebook: .ipynb, or a .py file in jupytext's percent format "
+        "(# %%%% cells; works on a plain install)",
     )
     add_run_arguments(run)
     run.add_argument(
@@ -61,6 +64,70 @@ def build_parser() -> argparse.ArgumentParser:
     inspect = commands.add_parser("inspect", help="show a notebook's parameters")
     inspect.add_argument("notebook", type=Path)
     inspect.add_argument("--json", action="store_true", help="print the JSON Schema")
+
+    new = commands.add_parser(
+        "new", help="make a task folder: notebook, sample payload, golden fixtures, tests"
+    )
+    new.add_argument("name", type=Path, help="the folder to make; its name is the task's")
+    new.add_argument(
+        "--template",
+        choices=("minimal", "ndvi"),
+        default="minimal",
+        help="minimal: standard library only (default); ndvi: rasterio and numpy",
+    )
+
+    test = commands.add_parser(
+        "test", help="run a notebook's golden fixtures (fixtures/{success,failure}/<case>/)"
+    )
+    test.add_argument(
+        "notebook", type=Path, help="the notebook, or its folder (the one notebook in it)"
+    )
+    test.add_argument(
+        "--update", action="store_true", help="write out.json / exception.txt from this run"
+    )
+    test.add_argument("-k", metavar="TEXT", help="only the cases whose name contains TEXT")
+    test.add_argument("--engine", choices=ENGINES, default=os.environ.get("NB2TASK_ENGINE") or None)
+
+    replay = commands.add_parser(
+        "replay",
+        help="run a recorded run again here, from its executed notebook (local or s3://)",
+    )
+    replay.add_argument("record", help="the run's executed notebook: a path or URL (s3://...)")
+    replay.add_argument(
+        "--notebook", type=Path, help="run this notebook instead of the code the record holds"
+    )
+    replay.add_argument(
+        "--payload", metavar="INPUT", help="the payload, if the record's cannot be reached"
+    )
+    replay.add_argument(
+        "--workdir",
+        type=Path,
+        default=Path(LOCAL_WORKDIR) / "replay",
+        help=f"where the run goes, as run --local (default: {LOCAL_WORKDIR}/replay/)",
+    )
+    replay.add_argument("--engine", choices=ENGINES, help="default: the recorded run's engine")
+    replay.add_argument(
+        "--jupyter",
+        type=Path,
+        metavar="DIR",
+        help="do not run: write the notebook with the run's parameters, and its payload, "
+        "into DIR for JupyterLab",
+    )
+    replay.add_argument(
+        "--assets",
+        nargs="?",
+        const="",
+        metavar="KEYS",
+        help="with --jupyter: download the payload's assets into DIR too (default: those the "
+        "run downloaded, else all)",
+    )
+    add_logging_argument(replay)
+
+    lint = commands.add_parser(
+        "lint", help="find what would go wrong with notebooks as tasks, before they run"
+    )
+    lint.add_argument("notebooks", type=Path, nargs="+", metavar="NOTEBOOK")
+    lint.add_argument("--strict", action="store_true", help="warnings fail too (exit 1), as in CI")
 
     build = commands.add_parser("build", help="write a Docker build context and deploy files")
     build.add_argument("notebook", type=Path)
@@ -147,7 +214,16 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar=("NAME", "VALUE"),
-        help="set a parameter (overrides the payload)",
+        help="set a parameter (overrides the payload and -f); VALUE is JSON unless the "
+        "parameter is a plain str",
+    )
+    run.add_argument(
+        "-f",
+        "--parameters-file",
+        type=Path,
+        metavar="FILE",
+        help="parameters from a YAML or JSON file (as papermill's -f): over the payload's, "
+        "under -p",
     )
     run.add_argument(
         "--cell-timeout", type=_positive, help="seconds a cell may run (default: no limit)"
@@ -177,6 +253,23 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
         "record_html setting; a failed run's record is always rendered)",
     )
     run.add_argument(
+        "--log-output",
+        action=argparse.BooleanOptionalAction,
+        default=os.environ.get("NB2TASK_LOG_OUTPUT", "") not in ("", "0"),
+        help="stream the cells' output to the log as it comes (default: off, or "
+        "$NB2TASK_LOG_OUTPUT; the executed notebook always has it)",
+    )
+    run.add_argument(
+        "--require-items",
+        action="store_true",
+        help="fail the run if the notebook emits no items (default: a warning)",
+    )
+    add_logging_argument(run)
+
+
+def add_logging_argument(parser: argparse.ArgumentParser) -> None:
+    """``--logging LEVEL``."""
+    parser.add_argument(
         "--logging",
         default=os.environ.get("NB2TASK_LOG_LEVEL", "INFO").upper(),
         type=str.upper,
@@ -225,13 +318,14 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from . import logs
+    from . import logs, progress
     from .runner import retry_storage_errors
 
     retry_storage_errors()
     # Batch sends SIGTERM before it kills: unwind, so the record is kept and the last
     # line still says what happened.
     signal.signal(signal.SIGTERM, _on_sigterm)
+    display: progress.LiveDisplay | None = None
     try:
         if args.command == "run":
             if not str(args.notebook) or str(args.notebook) == ".":
@@ -239,6 +333,8 @@ def _dispatch(args: argparse.Namespace) -> int:
 
                 raise UsageError("NB2TASK_NOTEBOOK is not set: the image must name its notebook")
             logs.configure(args.logging)
+            if not getattr(args, "payloads", None):
+                display = progress.live_display()
             _run(args)
         elif args.command == "inspect":
             _inspect(args)
@@ -247,21 +343,45 @@ def _dispatch(args: argparse.Namespace) -> int:
         elif args.command == "build":
             logs.configure("INFO")
             _build(args)
+        elif args.command == "lint":
+            _lint(args)
+        elif args.command == "test":
+            _test(args)
+        elif args.command == "new":
+            _new(args)
+        elif args.command == "replay":
+            logs.configure(args.logging)
+            logging.getLogger("papermill").setLevel(logging.WARNING)
+            if args.jupyter is None:
+                display = progress.live_display()
+            _replay(args, display)
+        if display is not None:
+            display.finish(failed=False)
         return 0
     except KeyboardInterrupt:
+        if display is not None:
+            display.finish(failed=True)
         print("KeyboardInterrupt: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # noqa: BLE001 - every failure ends in one clean line
+        if display is not None:
+            display.finish(failed=True)  # the status line goes before the error line
         return _report(err)
 
 
 def run_options(args: argparse.Namespace) -> Any:
     """The RunOptions the command line asks for (``--local`` as stactask defines it)."""
     from .runner import RunOptions
+    from .schema import read_parameters_file
 
+    values_file = args.parameters_file
     options = {
         "task_name": args.task_name,
         "parameters": tuple((name, value) for name, value in args.parameter),
+        "parameter_values": read_parameters_file(values_file) if values_file else {},
+        "parameter_values_from": f"-f {values_file}",
+        "log_output": args.log_output,
+        "require_items": args.require_items,
         "download_assets": args.download_assets,
         "cell_timeout": args.cell_timeout,
         "timeout": args.timeout,
@@ -281,6 +401,8 @@ def _run(args: argparse.Namespace) -> None:
     from .runner import LOCAL_OUTPUT, Runner
 
     options = run_options(args)
+    if not options.log_output:  # papermill's INFO records are the cells' output
+        logging.getLogger("papermill").setLevel(logging.WARNING)
     if getattr(args, "payloads", None):
         _run_many(args, options)
         return
@@ -342,6 +464,7 @@ def _inspect(args: argparse.Namespace) -> None:
 
     notebook = Notebook.load(args.notebook)
     if args.json:
+        notebook.check_runnable_as_task()
         print(json.dumps(notebook.schema.json_schema(title=notebook.name), indent=2))
         return
     rows = [("name", "type", "default", "help")]
@@ -355,7 +478,87 @@ def _inspect(args: argparse.Namespace) -> None:
     for row in rows:
         print("  ".join(cell.ljust(widths[i]) for i, cell in enumerate(row[:3])) + "  " + row[3])
     reserved = sorted(notebook.schema.declared_reserved)
-    print(f"injected by nb2task: {', '.join(reserved) if reserved else 'none'}")
+    print(f"injected by nb2task: {', '.join(reserved) if reserved else 'none'}", flush=True)
+    notebook.check_runnable_as_task()  # a notebook that cannot take a payload: exit 2
+
+
+def _replay(args: argparse.Namespace, display: Any) -> None:
+    from .errors import UsageError
+    from .replay import prepare_jupyter, read_record, replay
+
+    record = read_record(args.record)
+    if args.jupyter is not None:
+        path = prepare_jupyter(record, args.jupyter, args.payload, args.assets)
+        print(f"prepared {path} with the recorded run's parameters and payload:")
+        print(f"  jupyter lab {path}")
+        if record.error:
+            print(f"  the recorded run failed: {record.error}")
+        return
+    if args.assets is not None:
+        raise UsageError("--assets goes with --jupyter (a replayed run downloads what the run did)")
+    outcome = replay(record, args.notebook, args.payload, args.workdir, args.engine)
+    if display is not None:
+        display.finish(failed=outcome.error is not None)
+    print(outcome.verdict(), file=sys.stderr, flush=True)
+    if outcome.error is not None:
+        raise outcome.error
+
+
+def _new(args: argparse.Namespace) -> None:
+    from .scaffold import scaffold
+
+    written = scaffold(args.name, args.template)
+    folder, name = args.name, args.name.resolve().name
+    print(f"made {folder}/ ({args.template} template):")
+    for path in written:
+        print(f"  {path}")
+    print(
+        f"next:\n  cd {folder}\n"
+        f"  nb2task run {name}.ipynb {name}.payload.json --local\n"
+        f"  nb2task test {name}.ipynb\n"
+        f"  jupyter lab {name}.ipynb"
+    )
+
+
+def _test(args: argparse.Namespace) -> None:
+    from .errors import GoldenMismatch
+    from .goldens import GoldenRunner, task_cases
+
+    notebook, cases = task_cases(args.notebook, args.k)
+    fixtures = cases[0].folder.parent.parent
+    print(f"{notebook}: {len(cases)} case(s) in {fixtures}", flush=True)
+    failed = []
+    with GoldenRunner(notebook, args.engine) as golden:
+        for case in cases:
+            outcome = golden.run(case, update=args.update)
+            status = "UPDATED" if outcome.updated else "PASS" if outcome.passed else "FAIL"
+            print(f"  {status:<7} {case.name}  ({outcome.seconds:.1f} s)", flush=True)
+            if not outcome.passed:
+                failed.append(case.name)
+                for line in outcome.problems + [f"log: {log}" for log in outcome.logs[-8:]]:
+                    print(f"          {line}", flush=True)
+    if failed:
+        raise GoldenMismatch(f"{len(failed)} of {len(cases)} case(s) failed: {', '.join(failed)}")
+    print(f"{len(cases)} case(s) {'updated' if args.update else 'passed'}")
+
+
+def _lint(args: argparse.Namespace) -> None:
+    from .errors import LintError
+    from .lint import lint, verdict
+
+    failed = []
+    for notebook in args.notebooks:
+        findings = lint(notebook)
+        for finding in findings:
+            print(finding.format(notebook))
+        if not findings:
+            print(f"{notebook}: no problems found")
+        problem = verdict(notebook, findings, args.strict)
+        if problem:
+            failed.append(problem)
+    sys.stdout.flush()
+    if failed:
+        raise LintError("; ".join(failed))
 
 
 def _report_html(args: argparse.Namespace) -> None:
@@ -372,6 +575,7 @@ def _report(err: Exception) -> int:
     from stactask.exceptions import InvalidInput
 
     from .errors import Nb2TaskError, error_line, exit_code
+    from .failure import context_lines
 
     if not isinstance(err, Nb2TaskError | InvalidInput):
         # An unexpected error: the traceback helps whoever debugs it.
@@ -382,6 +586,8 @@ def _report(err: Exception) -> int:
 
     gc.collect()
     sys.stdout.flush()
+    for line in context_lines(err):
+        print(line, file=sys.stderr)
     sys.stderr.flush()
     print(error_line(err), file=sys.stderr, flush=True)
     logging.disable(logging.CRITICAL)

@@ -7,6 +7,7 @@ is an ``Nb2TaskError``.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,9 +20,12 @@ __all__ = [
     "EXIT_USAGE",
     "AssetError",
     "BuildError",
+    "GoldenMismatch",
     "InvalidInput",
     "InvalidItemError",
+    "LintError",
     "Nb2TaskError",
+    "NoItemsError",
     "NotebookCellError",
     "NotebookDiedError",
     "NotebookError",
@@ -64,6 +68,14 @@ class BuildError(UsageError):
     """The notebook cannot be turned into a build context, or the image build failed."""
 
 
+class LintError(Nb2TaskError):
+    """``nb2task lint`` found errors (or warnings, with ``--strict``)."""
+
+
+class GoldenMismatch(Nb2TaskError):
+    """``nb2task test``: a golden case failed."""
+
+
 class AssetError(Nb2TaskError):
     """An asset could not be downloaded or uploaded."""
 
@@ -98,24 +110,44 @@ class InvalidItemError(Nb2TaskError):
     """The notebook emitted something that is not a valid STAC item."""
 
 
+class NoItemsError(InvalidItemError):
+    """The notebook emitted no item, and the run required some (``--require-items``)."""
+
+
 class NotebookCellError(Nb2TaskError):
-    """A cell of the notebook raised; carries the kernel's error name and cell."""
+    """A cell of the notebook raised; carries the kernel's error name, the cell, and (when
+    the executed notebook had it) the traceback and the cell's failing line."""
 
     def __init__(
-        self, ename: str, evalue: str, cell_index: int, exec_count: int | None, source: str
+        self,
+        ename: str,
+        evalue: str,
+        cell_index: int,
+        exec_count: int | None,
+        source: str,
+        traceback: Sequence[str] = (),
+        line: int | None = None,
     ):
         self.ename = ename
         self.evalue = evalue
         self.cell_index = cell_index
         self.exec_count = exec_count
-        # "In [n]" is what the executed notebook shows; the first line says which cell.
-        first_line = next((line.strip() for line in source.splitlines() if line.strip()), "")
-        if len(first_line) > 60:
-            first_line = first_line[:57] + "..."
+        self.source = source
+        self.traceback = list(traceback)  # frames as plain text (no ANSI colours)
+        self.line = line  # the line of the cell that was running, 1-based
+        # "In [n]" is what the executed notebook shows; the failing line says where (the
+        # cell's first line when the traceback did not say).
+        lines = source.splitlines()
+        if line is not None and 0 < line <= len(lines) and lines[line - 1].strip():
+            where, text = f"In [{exec_count}], line {line}", lines[line - 1].strip()
+        else:
+            where, text = f"In [{exec_count}]", next((t.strip() for t in lines if t.strip()), "")
+        if len(text) > 60:
+            text = text[:57] + "..."
         # The message is cut before the cell is named, so that a long one keeps the cell.
         if len(evalue) > MAX_MESSAGE_CHARS - 200:
             evalue = evalue[: MAX_MESSAGE_CHARS - 200] + "... (cut)"
-        super().__init__(f"{evalue} (notebook cell In [{exec_count}]: {first_line})")
+        super().__init__(f"{evalue} (notebook cell {where}: {text})")
 
     @property
     def dotted_name(self) -> str:

@@ -14,10 +14,12 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
+from . import progress
 from .engines import Executor, Limits, choose_engine, create_executor
 from .notebook import peek
 
@@ -41,11 +43,16 @@ class RunOptions:
     validate: bool = True  # the STAC schema of input and output items
     task_name: str | None = None
     parameters: tuple[tuple[str, str], ...] = ()  # -p NAME VALUE, parsed by the schema
+    # Typed values under -p (-f FILE; a replayed run's), named in messages by the second.
+    parameter_values: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    parameter_values_from: str = "-f"
     download_assets: str | None = None  # comma-separated keys, '*' for all
     cell_timeout: float | None = None
     timeout: float | None = None
     engine: str | None = None  # fork | kernel; None: the notebook's setting or default
     html: bool | None = None  # render the record as HTML on success too
+    log_output: bool = False  # cell output to the log as it comes
+    require_items: bool = False  # a run that emits nothing fails
     # Follow a {"url"} payload to a local path too (the command line); in Lambda and in
     # the Batch image, only to s3://: a payload must not make the task read its disk.
     local_indirection: bool = True
@@ -151,11 +158,15 @@ class Runner:
         """Run the task on the payload at ``source`` (path, URL, stdin if None, or a
         parsed event); write the output payload to ``output`` and return what it returns."""
         from . import payload as payload_io
+        from .errors import error_line, exit_code
+        from .provenance import payload_section, stamp_error
         from .publish import Publication
 
         options = options or self.options
         output.check()
         document = payload_io.load(source, stdin, options.local_indirection)
+        progress.begin(str(document.get("id") or "") or None)
+        progress.stage("check", "the payload and its parameters")
         workspace = Workspace(options.workdir, options.save_workdir)
         html = (
             options.html
@@ -164,6 +175,9 @@ class Runner:
         )
         publication = Publication(document, options.upload, html, output.record_prefix)
         record = workspace.path / f"{self.name}.executed.ipynb"
+        # A kept workdir may hold an earlier run's record: never report it as this one's.
+        for stale in (record, record.with_suffix(".html")):
+            stale.unlink(missing_ok=True)
         try:
             result = self.task_class.handler(
                 document,
@@ -173,14 +187,25 @@ class Runner:
                 validate=options.validate,
                 executor=self.executor,
                 cli_parameters=dict(options.parameters),
+                parameter_values=dict(options.parameter_values),
+                parameter_values_from=options.parameter_values_from,
                 download_assets=options.download_assets,
                 limits=options.limits,
+                log_output=options.log_output,
+                require_items=options.require_items,
+                payload_record=payload_section(source, document),
             )
+            if options.upload and result["features"]:
+                progress.stage("upload", f"the assets of {len(result['features'])} item(s)")
             features = publication.upload_outputs(list(result["features"]))
             if record.exists():
                 publication.publish_record(record, features)
-            return output.write({**result, "features": features})
-        except BaseException:
+            written = output.write({**result, "features": features})
+            progress.stage("done", outcome(document, features, output, record))
+            return written
+        except BaseException as err:
+            if isinstance(err, Exception) and record.exists():
+                stamp_error(record, error_line(err), exit_code(err))
             publication.rollback()
             publication.publish_failure_record(record)
             raise
@@ -190,3 +215,57 @@ class Runner:
                 record=record,
                 record_uploaded=publication.record_uploaded,
             )
+
+
+def outcome(
+    payload: dict[str, Any], features: list[dict[str, Any]], output: Output, record: Path
+) -> str:
+    """Where a successful run's outputs went, in one line: the output payload, the
+    assets the run made (the ones not among the input's), the record."""
+    from .record import RECORD_ROLE
+
+    def assets(items: Any) -> list[dict[str, Any]]:
+        items = items if isinstance(items, list) else []
+        return [
+            asset
+            for item in items
+            if isinstance(item, dict)
+            for asset in (item.get("assets") or {}).values()
+            if isinstance(asset, dict)
+        ]
+
+    from .publish import StreamOutput
+
+    url = getattr(output, "url", None)
+    where = _shown(url) if url else "stdout" if isinstance(output, StreamOutput) else "returned"
+    parts = [f"{len(features)} item(s) → {where}"]
+    known = {a.get("href") for a in assets(payload.get("features"))}
+    made = [
+        str(a["href"])
+        for a in assets(features)
+        if a.get("href") not in known and RECORD_ROLE not in (a.get("roles") or [])
+    ]
+    if made:
+        folders = sorted({_shown(href.rsplit("/", 1)[0]) + "/" for href in made})
+        parts.append(f"{len(made)} asset(s) in {', '.join(folders[:3])}")
+    notebook = next(
+        (
+            str(a["href"])
+            for a in assets(features)
+            if RECORD_ROLE in (a.get("roles") or []) and str(a.get("type", "")).endswith("json")
+        ),
+        None,
+    )
+    if notebook or record.exists():
+        parts.append(f"record {notebook or _shown(str(record))}")
+    return "; ".join(parts)
+
+
+def _shown(path: str) -> str:
+    """A local path relative to the current folder when it is below it."""
+    if "://" in path:
+        return path
+    try:
+        return str(Path(path).relative_to(Path.cwd()))
+    except ValueError:
+        return path

@@ -14,9 +14,10 @@ import json
 import math
 import tokenize
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from .errors import NotebookError, invalid_input
+from .errors import NotebookError, UsageError, invalid_input
 
 RESERVED = ("payload", "workdir")
 
@@ -193,17 +194,23 @@ class ParameterSchema:
         task_options: dict[str, Any],
         workflow_options: dict[str, Any] | None = None,
         cli: dict[str, str] | None = None,
+        values: dict[str, Any] | None = None,
+        values_from: str = "-f",
     ) -> dict[str, Any]:
         """Check the values for a run against the schema; return the ones to inject.
 
         ``task_options`` (``process[0].tasks.<name>``) must name declared parameters.
         ``workflow_options`` are shared by every task of a workflow: used where
-        declared, ignored otherwise. ``cli`` are ``-p NAME VALUE`` strings, parsed by
-        each parameter's type. Later sources win; any problem is InvalidInput.
+        declared, ignored otherwise. ``values`` are typed values given to the run
+        (``-f FILE``, named by ``values_from``); ``cli`` are ``-p NAME VALUE`` strings,
+        parsed by each parameter's type. Later sources win; any problem is InvalidInput.
         """
         merged = {k: v for k, v in (workflow_options or {}).items() if self.get(k) is not None}
         for name, value in task_options.items():
             self._declared(name, f"parameter '{name}'", "process[0].tasks")
+            merged[name] = value
+        for name, value in (values or {}).items():
+            self._declared(name, f"{values_from}: {name}", "-p")
             merged[name] = value
         for name, text in (cli or {}).items():
             param = self._declared(name, f"-p {name}", "-p")
@@ -365,3 +372,19 @@ def _types_from_value(value: Any) -> tuple[str, ...]:
         return ()  # None says nothing about the type a user meant
     json_type = _JSON_TYPES.get(type(value).__name__)
     return (json_type,) if json_type else ()
+
+
+def read_parameters_file(path: str | Path) -> dict[str, Any]:
+    """Parameter values from a YAML or JSON file (``-f``, as papermill's): a mapping of
+    name to value. UsageError if it cannot be read or is not a mapping."""
+    import yaml
+
+    try:
+        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
+        raise UsageError(f"-f {path}: cannot read parameters: {err}") from None
+    if document is None:
+        return {}
+    if not isinstance(document, dict) or not all(isinstance(k, str) for k in document):
+        raise UsageError(f"-f {path}: parameters must be a mapping of name to value")
+    return dict(document)

@@ -26,11 +26,14 @@ from typing import Any, ClassVar
 from stactask import Task
 from stactask.exceptions import InvalidInput
 
+from . import progress
 from .assets import download_assets
 from .engines import Executor, Limits, choose_engine, create_executor
-from .errors import Nb2TaskError, NotebookCellError, NotebookExitedEarly
+from .errors import Nb2TaskError, NoItemsError, NotebookCellError, NotebookExitedEarly
+from .failure import with_traceback
 from .harvest import check_emitted
 from .notebook import Notebook
+from .provenance import RUN_KEY, payload_section, run_section
 from .validation import check_payload
 
 INPUT_PAYLOAD_NAME = "input-payload.json"
@@ -84,8 +87,13 @@ class NotebookTask(Task):
         *,
         executor: Executor | None = None,
         cli_parameters: dict[str, str] | None = None,
+        parameter_values: dict[str, Any] | None = None,
+        parameter_values_from: str = "-f",
         download_assets: Sequence[str] | str | None = None,
         limits: Limits = Limits(),  # noqa: B008 - frozen, shared safely
+        log_output: bool = False,
+        require_items: bool = False,
+        payload_record: dict[str, Any] | None = None,
     ):
         # stactask calls validate() only when asked to validate; nb2task checks the
         # payload's structure always and the items' schema only when asked.
@@ -100,8 +108,15 @@ class NotebookTask(Task):
         else:
             option_assets = None
         self._parameters = self.notebook.schema.resolve(
-            options, self.payload.workflow_options, cli_parameters
+            options,
+            self.payload.workflow_options,
+            cli_parameters,
+            parameter_values,
+            parameter_values_from,
         )
+        # What the payload cannot bring back when the run is replayed.
+        given = {*(parameter_values or {}), *(cli_parameters or {})}
+        self.overrides = {k: v for k, v in self._parameters.items() if k in given}
         self.download_assets = _asset_keys(
             download_assets
             if download_assets is not None
@@ -111,6 +126,9 @@ class NotebookTask(Task):
         )
         self.executor = executor or self.shared_executor()
         self.limits = limits
+        self.log_output = log_output
+        self.require_items = require_items
+        self.payload_record = payload_record or payload_section(None, dict(self.payload))
         self.execution_stats: dict[str, Any] = {}
 
     def validate(self) -> bool:
@@ -138,6 +156,8 @@ class NotebookTask(Task):
     def process(self, **parameters: Any) -> list[dict[str, Any]]:
         """Download assets, run the notebook on the payload, return the items it emitted."""
         self.executor.prepare()  # the input is valid: warm up while the assets download
+        if self.download_assets:
+            progress.stage("download", f"assets {', '.join(self.download_assets)}")
         features = download_assets(
             self.payload.items_as_dicts, self.download_assets, self.workdir / "input-assets"
         )
@@ -164,11 +184,15 @@ class NotebookTask(Task):
                 output_path=self.executed_notebook_path,
                 cwd=self.notebook.path.parent,
                 limits=self.limits,
+                log_output=self.log_output,
+                record_metadata={RUN_KEY: self.run_record()},
             )
         except NotebookCellError as err:
-            if err.dotted_name == "stactask.exceptions.InvalidInput":
-                raise InvalidInput(str(err)) from None
-            raise
+            # The traceback is in the record: the error names the failing line.
+            error = with_traceback(err, self.executed_notebook_path)
+            if error.dotted_name == "stactask.exceptions.InvalidInput":
+                raise InvalidInput(str(error)) from error
+            raise error from None
         self.execution_stats = execution.stats
         if execution.stopped_at is not None:
             if not execution.emit_calls:
@@ -180,7 +204,25 @@ class NotebookTask(Task):
             self.logger.info("the notebook stopped at cell In [%s]", execution.stopped_at)
         items = check_emitted(execution.items, self.notebook.path.parent, self.schema_checks)
         self.logger.info("the notebook emitted %d item(s)", len(items))
+        if not items:
+            if self.require_items:
+                raise NoItemsError("the notebook emitted no items (--require-items)")
+            self.logger.warning(
+                "the notebook emitted no items: the output payload has no features "
+                "(--require-items makes this an error)"
+            )
         return items
+
+    def run_record(self) -> dict[str, Any]:
+        """What the executed notebook records of this run (``nb2task.provenance``)."""
+        return run_section(
+            self.payload_record,
+            self.name,
+            self.version,
+            self.executor.name,
+            self.overrides,
+            self.download_assets,
+        )
 
 
 class _NoTracebackForKnownErrors(logging.Filter):

@@ -160,6 +160,56 @@ def run_cli(
     return CliResult(proc.returncode, proc.stdout, proc.stderr)
 
 
+def run_cli_on_a_terminal(*args: str | Path, cwd: Path | None = None) -> CliResult:
+    """``run_cli`` with stderr on a pseudo-terminal, as a person at a terminal sees it
+    (escape codes included); stdout stays a pipe."""
+    import pty
+    import select
+
+    leader, follower = pty.openpty()
+    proc = subprocess.Popen(
+        [NB2TASK, *map(str, args)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=follower,
+        cwd=cwd,
+    )
+    os.close(follower)
+    seen = b""
+    while True:
+        ready, _, _ = select.select([leader], [], [], 0.2)
+        if ready:
+            try:
+                data = os.read(leader, 65536)
+            except OSError:  # the terminal's other side closed: all is read
+                break
+            if not data:
+                break
+            seen += data
+        elif proc.poll() is not None:
+            break
+    os.close(leader)
+    stdout = proc.stdout.read().decode() if proc.stdout else ""
+    proc.wait(timeout=60)
+    return CliResult(proc.returncode, stdout, seen.decode().replace("\r\n", "\n"))
+
+
+def run_task(
+    notebook: Path, payload: dict[str, Any] | str | Path, workdir: Path, **options: Any
+) -> tuple[dict[str, Any] | None, Exception | None]:
+    """Run ``notebook`` on ``payload`` in this process, as ``run --local --workdir``
+    does (about a second faster than the CLI, which loads everything anew): the output
+    payload, or the error the run ended with."""
+    from nb2task.publish import UrlOutput
+    from nb2task.runner import Runner, RunOptions
+
+    with Runner(notebook, RunOptions.local(workdir, **options)) as runner:
+        try:
+            return runner.run(payload, UrlOutput(workdir / "output-payload.json")), None
+        except Exception as err:  # noqa: BLE001 - the test looks at it
+            return None, err
+
+
 # --- AWS: fake credentials, S3 --------------------------------------------------------------
 
 AWS_REGION = "us-east-1"

@@ -189,7 +189,7 @@ def test_failing_notebook(tmp_path: Path, write_json) -> None:
     )
     assert result.returncode == 1
     assert result.last_stderr_line == (
-        "ZeroDivisionError: division by zero (notebook cell In [4]: y = x / 0)"
+        "ZeroDivisionError: division by zero (notebook cell In [4], line 1: y = x / 0)"
     )
     assert not output.exists()
     executed = nbformat.read(workdir / "fails.executed.ipynb", as_version=4)
@@ -209,7 +209,7 @@ def test_invalid_input_raised_in_the_notebook(tmp_path: Path, write_json) -> Non
     assert result.returncode == 3
     assert result.last_stderr_line == (
         "stactask.exceptions.InvalidInput: no red band in item-1 "
-        "(notebook cell In [3]: from stactask.exceptions import InvalidInput)"
+        "(notebook cell In [3], line 2: raise InvalidInput('no red band in item-1'))"
     )
 
 

@@ -86,10 +86,12 @@ class Executor(ABC):
         cwd: Path,
         limits: Limits = Limits(),
         log_output: bool = True,
+        record_metadata: dict[str, Any] | None = None,
     ) -> Execution:
         """Run ``node`` (the notebook as JSON) with ``parameters`` injected, in ``cwd``.
         The executed notebook is saved to ``output_path`` after every cell, and kept
-        there whether the run succeeds or not. Raise NotebookCellError (a cell raised),
+        there whether the run succeeds or not; ``record_metadata`` is added to its
+        metadata. Raise NotebookCellError (a cell raised),
         RunTimeoutError, NotebookDiedError or InvalidItemError (what it emitted)."""
 
 

@@ -83,6 +83,7 @@ class ForkExecutor(Executor):
         cwd: Path,
         limits: Limits = Limits(),  # noqa: B008 - frozen, shared safely
         log_output: bool = True,
+        record_metadata: dict[str, Any] | None = None,
     ) -> Execution:
         started = time.perf_counter()
         with emit_folder() as emit_dir:
@@ -100,6 +101,7 @@ class ForkExecutor(Executor):
                 "log_level": logging.getLogger().getEffectiveLevel(),
                 "kernel_name": self.kernel_name,
                 "language": self.language,
+                "record_metadata": record_metadata,
             }
             outcome = self._run(request, limits)
             _timeline(outcome.get("stats"), request.get("sent"))

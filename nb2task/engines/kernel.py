@@ -185,6 +185,7 @@ class KernelExecutor(Executor):
         cwd: Path,
         limits: Limits = Limits(),  # noqa: B008 - frozen, shared safely
         log_output: bool = True,
+        record_metadata: dict[str, Any] | None = None,
     ) -> Execution:
         import nbformat
         import papermill
@@ -211,6 +212,7 @@ class KernelExecutor(Executor):
                     log_output=log_output,
                     execution_timeout=limits.cell_timeout,
                     notebook_path=str(self.notebook_path or ""),
+                    record_metadata=record_metadata,
                     **engine_kwargs,
                 )
             except PapermillExecutionError as err:

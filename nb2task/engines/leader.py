@@ -86,6 +86,7 @@ def _run(request: dict[str, Any], child: LocalChild) -> dict[str, Any]:
             log_output=bool(request.get("log_output")),
             execution_timeout=request.get("cell_timeout"),
             notebook_path=request.get("notebook_path") or "",
+            record_metadata=request.get("record_metadata"),
             child=child,
             run_timeout=request.get("timeout"),
             run_stats=stats,

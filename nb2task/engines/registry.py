@@ -24,6 +24,7 @@ from papermill.log import logger as papermill_logger
 from papermill.models import Parameter
 from papermill.translators import PythonTranslator, papermill_translators
 
+from .. import progress
 from ..redact import redact_notebook
 
 if TYPE_CHECKING:
@@ -53,6 +54,10 @@ class SavingManager(NotebookExecutionManager):  # type: ignore[misc]
         # papermill's cell_start, minus its save: the cell's end saves.
         if self.log_output:
             papermill_logger.info(f"Executing Cell {(cell_index or 0) + 1:-<40}")
+        if cell.cell_type == "code" and cell.source.strip():
+            code = [c for c in self.nb.cells if c.cell_type == "code" and c.source.strip()]
+            number = next((i for i, c in enumerate(code, 1) if c is cell), 0)
+            progress.cell(number, len(code), cell.source)
         cell.metadata.papermill["start_time"] = self.now().isoformat()
         cell.metadata.papermill["status"] = self.RUNNING
         cell.metadata.papermill["exception"] = False
@@ -61,7 +66,8 @@ class SavingManager(NotebookExecutionManager):  # type: ignore[misc]
 class RecordingEngine(Engine):  # type: ignore[misc]
     """What nb2task's engines share: the saving manager, and the notebook's path (not
     the whole notebook, which papermill records when given a notebook object) in the
-    executed notebook's metadata."""
+    executed notebook's metadata, with ``record_metadata`` (what the run was: payload,
+    task, versions) added before the first save, so a failed run's record has it too."""
 
     @classmethod
     def execute_notebook(
@@ -73,10 +79,12 @@ class RecordingEngine(Engine):  # type: ignore[misc]
         log_output: bool = False,
         autosave_cell_every: int = 30,
         notebook_path: str = "",
+        record_metadata: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> Any:
         if not isinstance(nb.metadata.papermill.get("input_path"), str):
             nb.metadata.papermill["input_path"] = notebook_path or None
+        nb.metadata.update(record_metadata or {})
         nb_man = SavingManager(
             nb,
             output_path=output_path,

@@ -210,13 +210,13 @@ def last_log_line(name: str) -> tuple[str, str]:
             "invalid",
             3,
             r"stactask\.exceptions\.InvalidInput: no usable band in item-1 "
-            r"\(notebook cell In \[\d+\]: if mode == \"invalid\":\)",
+            r"\(notebook cell In \[\d+\], line 2: raise InvalidInput\(f\"no usable band in \{items\[0\]\.id\}\"\)\)",
         ),
         (
             "divide",
             1,
             r"ZeroDivisionError: division by zero "
-            r"\(notebook cell In \[\d+\]: ratio = 1 / 0 if mode == \"divide\" else 1\.0\)",
+            r"\(notebook cell In \[\d+\], line 1: ratio = 1 / 0 if mode == \"divide\" else 1\.0\)",
         ),
     ],
 )

@@ -1,0 +1,375 @@
+"""Golden fixtures: a notebook task's test cases, laid out as cirrus-task-example lays
+them, beside the notebook::
+
+    fixtures/success/<case>/in.json     + out.json       the expected output payload
+    fixtures/failure/<case>/in.json     + exception.txt  a regex on the last error line
+    fixtures/<kind>/<case>/params.yaml  (optional)       parameters, as ``run -f``
+    fixtures/ignore.txt                 (optional)       more volatile keys, one a line
+
+Each case runs as ``run --local`` would, in a folder of its own, through one warm
+runner. Outputs are compared after ``normalise``: timestamps and other volatile keys
+masked, local paths written relative to the case, the notebook or the work folder, the
+record's links dropped. ``nb2task test`` and the pytest plugin (``nb2task.pytest_plugin``)
+both use ``GoldenRunner``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError, error_line
+
+FIXTURES = "fixtures"
+KINDS = ("success", "failure")
+INPUT, OUTPUT, EXCEPTION, PARAMS, IGNORE = (
+    "in.json",
+    "out.json",
+    "exception.txt",
+    ("params.yaml", "params.yml", "params.json"),
+    "ignore.txt",
+)
+# Keys whose values change from run to run, wherever they appear in the output.
+VOLATILE = frozenset({"created", "updated", "processing:datetime"})
+MASK = "<volatile>"
+MAX_DIFFERENCES = 20
+
+
+@dataclass(frozen=True)
+class Case:
+    """One golden case: ``<kind>/<name>``, expecting an output or a failure."""
+
+    folder: Path
+
+    @property
+    def name(self) -> str:
+        return f"{self.folder.parent.name}/{self.folder.name}"
+
+    @property
+    def expects_failure(self) -> bool:
+        return self.folder.parent.name == "failure"
+
+    @property
+    def golden(self) -> Path:
+        return self.folder / (EXCEPTION if self.expects_failure else OUTPUT)
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        from .schema import read_parameters_file
+
+        for name in PARAMS:
+            if (self.folder / name).is_file():
+                return read_parameters_file(self.folder / name)
+        return {}
+
+
+@dataclass
+class Outcome:
+    """What running a case gave: passed or not, and why not, in readable lines."""
+
+    case: Case
+    passed: bool
+    problems: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+    updated: bool = False
+    logs: list[str] = field(default_factory=list)
+
+
+def fixtures_of(notebook: Path) -> Path:
+    """The fixtures folder of a notebook: ``fixtures/`` beside it."""
+    return notebook.resolve().parent / FIXTURES
+
+
+def find_cases(fixtures: Path, selected: str | None = None) -> list[Case]:
+    """Every case under ``fixtures`` (those whose name contains ``selected``), sorted."""
+    cases = [
+        Case(entry.parent)
+        for kind in KINDS
+        for entry in sorted((fixtures / kind).glob(f"*/{INPUT}"))
+    ]
+    return [c for c in cases if selected is None or selected in c.name]
+
+
+def task_cases(path: Path, selected: str | None = None) -> tuple[Path, list[Case]]:
+    """The notebook at ``path`` (or the one in the folder ``path``) and its cases (those
+    whose name contains ``selected``); UsageError if there is none."""
+    notebook = notebook_for(path / FIXTURES) if path.is_dir() else path
+    if not notebook.is_file():
+        raise UsageError(f"no such notebook: {notebook}")
+    fixtures = fixtures_of(notebook)
+    cases = find_cases(fixtures, selected)
+    if not cases:
+        raise UsageError(
+            f"no cases in {fixtures}: a case is a folder fixtures/success/<case>/ (or "
+            "failure/) with an in.json (`nb2task new` makes a task folder with some)"
+        )
+    return notebook, cases
+
+
+def notebook_for(fixtures: Path) -> Path:
+    """The notebook a fixtures folder belongs to: the one notebook beside it."""
+    folder = fixtures.parent
+    candidates = [
+        p for p in sorted(folder.glob("*.ipynb")) if not p.name.endswith(".executed.ipynb")
+    ] + [p for p in sorted(folder.glob("*.py")) if _is_percent_notebook(p)]
+    if len(candidates) != 1:
+        found = ", ".join(p.name for p in candidates) or "none"
+        raise UsageError(
+            f"{fixtures} belongs to the one notebook beside it, and {folder} has "
+            f"{len(candidates)} ({found}): keep one task notebook per folder"
+        )
+    return candidates[0]
+
+
+def _is_percent_notebook(path: Path) -> bool:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return False
+    return "# %%" in text and "parameters" in text
+
+
+def ignored_keys(fixtures: Path) -> frozenset[str]:
+    """The volatile keys: nb2task's, and those listed in ``fixtures/ignore.txt``."""
+    path = fixtures / IGNORE
+    if not path.is_file():
+        return VOLATILE
+    lines = [line.split("#", 1)[0].strip() for line in path.read_text().splitlines()]
+    return VOLATILE | {line for line in lines if line}
+
+
+def normalise(document: Any, places: dict[str, str], volatile: frozenset[str] = VOLATILE) -> Any:
+    """``document`` as golden files keep it: the values of ``volatile`` keys masked, the
+    folders in ``places`` (path -> placeholder) replaced in every string, assets that are
+    the run's record left out."""
+    from .record import RECORD_ROLE
+
+    if isinstance(document, dict):
+        kept = {}
+        for key, value in document.items():
+            if isinstance(value, dict) and RECORD_ROLE in (value.get("roles") or []):
+                continue
+            kept[key] = MASK if key in volatile else normalise(value, places, volatile)
+        return kept
+    if isinstance(document, list):
+        return [normalise(value, places, volatile) for value in document]
+    if isinstance(document, str):
+        for path, placeholder in sorted(places.items(), key=lambda p: -len(p[0])):
+            document = document.replace(f"file://{path}", placeholder).replace(path, placeholder)
+        return document
+    return document
+
+
+def differences(expected: Any, actual: Any, where: str = "") -> list[str]:
+    """What differs between two JSON documents, one readable line per place."""
+    if isinstance(expected, dict) and isinstance(actual, dict):
+        lines = []
+        for key in [*expected, *(k for k in actual if k not in expected)]:
+            place = f"{where}.{key}" if re.fullmatch(r"[\w:-]+", key) else f"{where}[{key!r}]"
+            if key not in actual:
+                lines.append(f"{place.lstrip('.')}: missing (expected {_short(expected[key])})")
+            elif key not in expected:
+                lines.append(f"{place.lstrip('.')}: not expected (got {_short(actual[key])})")
+            else:
+                lines += differences(expected[key], actual[key], place)
+        return lines
+    if isinstance(expected, list) and isinstance(actual, list):
+        lines = []
+        for index in range(max(len(expected), len(actual))):
+            place = f"{where}[{index}]"
+            if index >= len(actual):
+                lines.append(f"{place.lstrip('.')}: missing (expected {_short(expected[index])})")
+            elif index >= len(expected):
+                lines.append(f"{place.lstrip('.')}: not expected (got {_short(actual[index])})")
+            else:
+                lines += differences(expected[index], actual[index], place)
+        return lines
+    if expected == actual and type(expected) is type(actual):
+        return []
+    place = where.lstrip(".") or "(the document)"
+    return [f"{place}: expected {_short(expected)}, got {_short(actual)}"]
+
+
+def _short(value: Any, limit: int = 100) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+class GoldenRunner:
+    """Runs the cases of one notebook through one warm runner."""
+
+    def __init__(self, notebook: Path, engine: str | None = None) -> None:
+        from .runner import Runner, RunOptions
+
+        self.notebook = notebook.resolve()
+        self.fixtures = fixtures_of(notebook)
+        self.volatile = ignored_keys(self.fixtures)
+        engine = engine or os.environ.get("NB2TASK_ENGINE") or None
+        self.options = RunOptions(upload=False, save_workdir=True, engine=engine)
+        self.runner = Runner(self.notebook, self.options)
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> GoldenRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def run(self, case: Case, update: bool = False) -> Outcome:
+        """Run ``case``, compare with its golden file (or write it, if ``update``)."""
+        from .failure import context_lines
+        from .publish import UrlOutput
+
+        started = time.monotonic()
+        workdir = Path(tempfile.mkdtemp(prefix="nb2task-golden-"))
+        places = {
+            str(workdir.resolve()): "{workdir}",
+            str(case.folder.resolve()): "{case}",
+            str(self.notebook.parent): "{notebook}",
+        }
+        output: dict[str, Any] | None = None
+        error: Exception | None = None
+        outcome = Outcome(case, False)
+        try:
+            with _captured_logs() as logs:
+                try:
+                    options = self.options.replace(
+                        workdir=workdir,
+                        parameter_values=case.parameters,
+                        parameter_values_from=f"{case.name}/params",
+                    )
+                    output = self.runner.run(
+                        case.folder / INPUT, UrlOutput(workdir / "out.json"), options=options
+                    )
+                except Exception as err:  # noqa: BLE001 - the case says whether it should fail
+                    error = err
+            outcome = Outcome(case, True, logs=logs)
+            if error is not None:
+                line = normalise(error_line(error), places)
+                self._judge_failure(outcome, line, context_lines(error), update)
+            else:
+                self._judge_output(outcome, normalise(output, places, self.volatile), update)
+        finally:
+            if error is None or outcome.passed:  # a failed case keeps its record
+                shutil.rmtree(workdir, ignore_errors=True)
+        outcome.seconds = time.monotonic() - started
+        return outcome
+
+    def _judge_output(self, outcome: Outcome, actual: Any, update: bool) -> None:
+        case = outcome.case
+        if case.expects_failure:
+            if update:
+                return self._fail(outcome, "the run succeeded: a failure case cannot be updated")
+            pattern = _read(case.golden)
+            return self._fail(
+                outcome, f"expected a failure matching {pattern!r}, but the run succeeded"
+            )
+        if update:
+            _write(case.golden, json.dumps(actual, indent=2, ensure_ascii=False) + "\n")
+            outcome.updated = True
+            return None
+        if not case.golden.is_file():
+            return self._fail(outcome, f"no {OUTPUT} yet: `nb2task test --update` records it")
+        try:
+            expected = normalise(json.loads(_read(case.golden)), {}, self.volatile)
+        except ValueError as err:
+            return self._fail(outcome, f"{case.golden} is not JSON: {err}")
+        found = differences(expected, actual)
+        if found:
+            shown = found[:MAX_DIFFERENCES]
+            more = len(found) - len(shown)
+            self._fail(
+                outcome,
+                f"the output payload differs from {OUTPUT} ({len(found)} difference(s)):",
+                *[f"  {line}" for line in shown],
+                *([f"  ... and {more} more"] if more > 0 else []),
+                "(`nb2task test --update`, or `pytest --nb2task-update`, accepts the new output)",
+            )
+        return None
+
+    def _judge_failure(self, outcome: Outcome, line: str, context: list[str], update: bool) -> None:
+        case = outcome.case
+        if not case.expects_failure:
+            return self._fail(outcome, f"the run failed: {line}", *context)
+        if update:
+            pattern = "^" + re.escape(line).replace("\\ ", " ") + "$"  # spaces stay legible
+            for placeholder in ("{workdir}", "{case}", "{notebook}"):
+                pattern = pattern.replace(re.escape(placeholder), ".*")
+            _write(case.golden, pattern + "\n")
+            outcome.updated = True
+            return None
+        if not case.golden.is_file():
+            return self._fail(outcome, f"no {EXCEPTION} yet: `nb2task test --update` records it")
+        pattern = _read(case.golden)
+        try:
+            matched = re.search(pattern, line)
+        except re.error as err:
+            return self._fail(outcome, f"{case.golden} is not a valid regex: {err}")
+        if not matched:
+            self._fail(
+                outcome,
+                "the run failed differently:",
+                f"  expected a match for {pattern!r}",
+                f"  got: {line}",
+            )
+        return None
+
+    @staticmethod
+    def _fail(outcome: Outcome, *problems: str) -> None:
+        outcome.passed = False
+        outcome.problems.extend(problems)
+
+
+def _read(path: Path) -> str:
+    return path.read_text(encoding="utf-8").strip()
+
+
+def _write(path: Path, text: str) -> None:
+    path.write_text(text, encoding="utf-8")
+
+
+@contextmanager
+def _captured_logs() -> Iterator[list[str]]:
+    """The warnings and errors logged while inside (shown with a failed case)."""
+    lines: list[str] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            lines.append(f"{record.levelname} {record.name}: {record.getMessage()}")
+
+    handler = Keep(logging.WARNING)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield lines
+    finally:
+        root.removeHandler(handler)
+
+
+def run_notebook(
+    notebook: str | Path,
+    payload: str | Path | dict[str, Any],
+    parameters: dict[str, Any] | None = None,
+    workdir: str | Path | None = None,
+) -> dict[str, Any]:
+    """Run a notebook task on a payload as ``run --local`` does (for a task's own tests);
+    the output payload, or the run's error raised."""
+    from .publish import UrlOutput
+    from .runner import Runner, RunOptions
+
+    folder = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="nb2task-test-"))
+    options = RunOptions.local(folder, parameter_values=dict(parameters or {}))
+    with Runner(notebook, options) as runner:
+        return runner.run(payload, UrlOutput(folder / "output-payload.json"))

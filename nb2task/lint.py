@@ -1,0 +1,274 @@
+"""``nb2task lint``: what would go wrong with a notebook as a task, found before it runs.
+
+Each check looks at the notebook as a task run sees it (``nb2task-skip`` cells left out)
+and yields findings: errors (the notebook cannot run as a task) and warnings (it runs,
+but not as it should in the cloud). ``--strict`` makes warnings fail too, for CI.
+"""
+
+from __future__ import annotations
+
+import ast
+import json
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import NotebookError
+from .notebook import (
+    METADATA_KEY,
+    SKIP_TAG,
+    TASK_NAME,
+    Notebook,
+    normalise_task_name,
+    parameters_cell,
+)
+
+ERROR = "error"
+WARNING = "warning"
+
+# Absolute paths of one machine: home folders, scratch and mount points, drives.
+LOCAL_PATH = re.compile(
+    r"^(~[/\\]|/(home|Users|tmp|mnt|media|data|root|srv|var/folders|Volumes)(/|$)"
+    r"|[A-Za-z]:[\\/])"
+)
+PIP_INSTALL = re.compile(r"(^|[\s!%'\"\[,])(pip3?|conda|mamba|uv pip)['\"]?[\s,]+['\"]?install\b")
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: where (cell number from 1, line in the cell), what, how bad."""
+
+    code: str
+    severity: str
+    message: str
+    cell: int | None = None
+    line: int | None = None
+
+    def format(self, path: Path | str) -> str:
+        """``path: cell N, line L: severity [code]: message``."""
+        where = "".join(
+            part
+            for part in (
+                f" cell {self.cell}" if self.cell is not None else "",
+                f", line {self.line}" if self.line is not None else "",
+            )
+        )
+        return (
+            f"{path}:{where + ':' if where else ''} {self.severity} [{self.code}]: {self.message}"
+        )
+
+
+def lint(path: str | Path) -> list[Finding]:
+    """Every finding for the notebook at ``path``, in notebook order."""
+    path = Path(path)
+    findings = list(_task_name(path))
+    override = None
+    if findings and findings[0].severity == ERROR:
+        override = normalise_task_name(path.stem) or "task"  # to check the rest
+    try:
+        notebook = Notebook.load(path, override)
+    except NotebookError as err:
+        return [*findings, Finding("unreadable", ERROR, str(err))]
+    for check in (_parameters, _cells, _requirements, _kernel):
+        findings.extend(check(notebook))
+    return findings
+
+
+def verdict(path: str | Path, findings: list[Finding], strict: bool = False) -> str | None:
+    """Why ``findings`` fail the notebook at ``path`` (errors; warnings too if ``strict``),
+    or None."""
+    errors = sum(f.severity == ERROR for f in findings)
+    warnings = sum(f.severity == WARNING for f in findings)
+    if not errors and not (strict and warnings):
+        return None
+    return f"{Path(path).name}: {errors} error(s), {warnings} warning(s)" + (
+        " (--strict)" if strict else ""
+    )
+
+
+def _task_name(path: Path) -> Iterator[Finding]:
+    """A task name FilmDrop would reject, or one made up from the file name."""
+    metadata = _raw_metadata(path)
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    if name:
+        if not TASK_NAME.fullmatch(str(name)):
+            hint = normalise_task_name(str(name))
+            yield Finding(
+                "task-name",
+                ERROR,
+                f"task name {name!r} (metadata {METADATA_KEY}.name): FilmDrop allows letters, "
+                f"digits and single '-'" + (f"; use {hint!r}" if hint else ""),
+            )
+        return
+    derived = normalise_task_name(path.stem)
+    if derived != path.stem:
+        yield Finding(
+            "task-name",
+            WARNING,
+            f"the task name comes from the file name {path.stem!r}, which FilmDrop rejects: "
+            f"it becomes {derived!r}; set metadata {METADATA_KEY}.name to say so",
+        )
+
+
+def _raw_metadata(path: Path) -> Any:
+    if path.suffix != ".ipynb":
+        return {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8")).get("metadata", {}).get(METADATA_KEY)
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
+def _parameters(notebook: Notebook) -> Iterator[Finding]:
+    """The parameters cell: present, declaring ``payload``, reserved names as paths."""
+    cell = parameters_cell(notebook.node)
+    if cell is None:
+        yield Finding(
+            "no-parameters-cell",
+            ERROR,
+            "no cell is tagged 'parameters': the notebook cannot take a payload",
+        )
+        return
+    number = notebook.node["cells"].index(cell) + 1
+    if "payload" not in notebook.schema.declared_reserved:
+        yield Finding(
+            "no-payload",
+            WARNING,
+            "the parameters cell does not declare `payload`: the notebook will not see the "
+            "input items",
+            number,
+        )
+    tree = _parse(cell["source"])
+    for node in tree.body if tree is not None else []:
+        target, annotation, value = _assignment(node)
+        if target not in ("payload", "workdir"):
+            if target == "download_assets":
+                yield Finding(
+                    "reserved-parameter",
+                    WARNING,
+                    "a parameter named 'download_assets' takes that task option from nb2task, "
+                    "which then downloads no assets: rename it",
+                    number,
+                    node.lineno,
+                )
+            continue
+        wrong_annotation = annotation is not None and ast.unparse(annotation) != "str"
+        wrong_value = isinstance(value, ast.Constant) and not isinstance(value.value, str)
+        if wrong_annotation or wrong_value:
+            yield Finding(
+                "reserved-parameter",
+                WARNING,
+                f"`{target}` is reserved: nb2task sets it to a path (a str); give it a "
+                "plain string default, and use another name for a task parameter",
+                number,
+                node.lineno,
+            )
+
+
+def _assignment(node: ast.stmt) -> tuple[str | None, ast.expr | None, ast.expr | None]:
+    if isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+        return node.target.id, node.annotation, node.value
+    if isinstance(node, ast.Assign) and len(node.targets) == 1:
+        target = node.targets[0]
+        if isinstance(target, ast.Name):
+            return target.id, None, node.value
+    return None, None, None
+
+
+def _cells(notebook: Notebook) -> Iterator[Finding]:
+    """Code cells a task runs: parseable, no local paths, no pip install, an emit."""
+    emits = False
+    for number, cell in enumerate(notebook.node["cells"], 1):
+        if cell.get("cell_type") != "code" or SKIP_TAG in _tags(cell):
+            continue
+        source = str(cell.get("source", ""))
+        for line_number, line in enumerate(source.splitlines(), 1):
+            if not line.lstrip().startswith("#") and PIP_INSTALL.search(line):
+                yield Finding(
+                    "pip-install",
+                    WARNING,
+                    "installing packages in a cell: list them in metadata "
+                    f"{METADATA_KEY}.requirements (or requirements.txt), which the image "
+                    "installs once",
+                    number,
+                    line_number,
+                )
+        tree = _parse(source)
+        if tree is None:
+            yield Finding("syntax", ERROR, "this cell is not valid Python", number)
+            continue
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and _called(node) == "emit":
+                emits = True
+            if (
+                isinstance(node, ast.Constant)
+                and isinstance(node.value, str)
+                and LOCAL_PATH.match(node.value)
+            ):
+                yield Finding(
+                    "local-path",
+                    WARNING,
+                    f"hard-coded local path {node.value!r}: it exists on this machine only; "
+                    "read inputs from the payload's assets and write to `workdir`",
+                    number,
+                    node.lineno,
+                )
+    if not emits:
+        yield Finding(
+            "no-emit",
+            WARNING,
+            "no cell calls nb2task.emit: the output payload will have no features",
+        )
+
+
+def _called(node: ast.Call) -> str:
+    func = node.func
+    if isinstance(func, ast.Name):
+        return func.id
+    if isinstance(func, ast.Attribute):
+        return func.attr
+    return ""
+
+
+def _requirements(notebook: Notebook) -> Iterator[Finding]:
+    """Requirements the image would pin to whatever is installed where it is built."""
+    from .build import requirement_lines
+
+    for line in requirement_lines(notebook):
+        if "==" not in line or "*" in line:
+            yield Finding(
+                "unpinned-requirement",
+                WARNING,
+                f"requirement {line!r} is not pinned: nb2task build pins it to the version "
+                "installed where it runs; write NAME==VERSION",
+            )
+
+
+def _kernel(notebook: Notebook) -> Iterator[Finding]:
+    language = str(notebook.kernelspec.get("language") or "python").lower()
+    if language != "python":
+        yield Finding(
+            "non-python-kernel",
+            WARNING,
+            f"the notebook's kernel is {language!r}: it runs on the kernel engine only, with a "
+            "kernel the image must provide; nb2task's images have Python's",
+        )
+
+
+def _tags(cell: dict[str, Any]) -> list[str]:
+    tags = cell.get("metadata", {}).get("tags", [])
+    return [str(t) for t in tags] if isinstance(tags, list) else []
+
+
+def _parse(source: str) -> ast.Module | None:
+    """A cell's code as Python (IPython's magics and ``!`` commands turned into calls)."""
+    if any(line.lstrip().startswith(("%", "!")) for line in source.splitlines()):
+        from IPython.core.inputtransformer2 import TransformerManager
+
+        source = TransformerManager().transform_cell(source)  # type: ignore[no-untyped-call]
+    try:
+        return ast.parse(source)
+    except SyntaxError:
+        return None
