@@ -72,7 +72,10 @@ def download_assets(
     _download_from_s3(result, s3_jobs, directory)
     if other:
         result = _download_with_stac_asset(result, keys, directory)
-    logger.info("downloaded assets %s of %d item(s) into %s", list(keys), len(result), directory)
+    if s3_jobs or other:
+        logger.info(
+            "downloaded assets %s of %d item(s) into %s", list(keys), len(result), directory
+        )
     return result
 
 

@@ -74,6 +74,7 @@ def _runner() -> Any:
         task_name=os.environ.get("NB2TASK_TASK_NAME") or None,
         engine=os.environ.get("NB2TASK_ENGINE") or None,
         local_indirection=False,  # an event's {"url"} must point at s3://
+        log_output=os.environ.get("NB2TASK_LOG_OUTPUT", "") not in ("", "0"),
     )
     runner = Runner(notebook, options)
     if hasattr(runner.executor, "keep_spare"):

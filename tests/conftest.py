@@ -62,6 +62,18 @@ def repo_stays_clean() -> Iterator[None]:
         )
 
 
+# --- Workers ------------------------------------------------------------------------------------
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """With pytest-xdist: the container tests share one Docker daemon and the Cirrus tests
+    one judge venv, so each group runs in a single worker."""
+    for item in items:
+        for group in ("containers", "cirrus"):
+            if f"{os.sep}{group}{os.sep}" in str(item.path):
+                item.add_marker(pytest.mark.xdist_group(group))
+
+
 # --- Engines -----------------------------------------------------------------------------------
 
 
