@@ -49,7 +49,6 @@ def download_assets(
 ) -> list[dict[str, Any]]:
     """Download the ``keys`` assets (``*``: all) of each item under ``directory``;
     return the items with those assets' hrefs pointing at the local files."""
-    root = directory
     if not keys or not features:
         return features
     missing = [
