@@ -115,10 +115,10 @@ class ForkExecutor(Executor):
         try:
             try:
                 zygote = self._warm_parent()
-                run_id, _ = zygote.start("run", theirs)
+                run_id, _ = zygote.start("run", theirs, wait=False)
             except ZygoteGone:
                 zygote = self._warm_parent()  # one more try: no notebook code ran yet
-                run_id, _ = zygote.start("run", theirs)
+                run_id, _ = zygote.start("run", theirs, wait=False)
         finally:
             theirs.close()
         finished = False

@@ -173,6 +173,7 @@ def _child_of_a_new_warm_parent(
             "cells", theirs, cwd=str(cwd or os.getcwd()), env=dict(env or {})
         )
         theirs.close()
+        assert pid is not None  # start() waited for the fork
         yield RemoteChild(zygote, ours, pid, run_id)
     finally:
         theirs.close()

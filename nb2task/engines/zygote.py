@@ -450,9 +450,13 @@ class ZygoteProcess:
         if not self._ready.is_set() or self._dead:
             raise ZygoteGone(f"the warm parent did not start: {self.death_notice()}")
 
-    def start(self, kind: str, sock: socket.socket, **request: Any) -> tuple[str, int]:
+    def start(
+        self, kind: str, sock: socket.socket, wait: bool = True, **request: Any
+    ) -> tuple[str, int | None]:
         """Fork a process that serves ``sock``: a run leader (``kind="run"``) or a child
-        running cells (``"cells"``, with ``cwd`` and ``env``); its run id and pid."""
+        running cells (``"cells"``, with ``cwd`` and ``env``); its run id and pid (None
+        without ``wait``: the caller talks to it over ``sock`` at once, not waiting for
+        the warm parent to say it forked)."""
         self.wait_ready()
         run_id = f"{os.getpid()}-{next(_run_ids)}"
         mailbox: queue.Queue[dict[str, Any]] = queue.Queue()
@@ -463,18 +467,24 @@ class ZygoteProcess:
             socket.send_fds(self._control, [protocol._encode(request).encode()], [sock.fileno()])
         except OSError as err:
             raise ZygoteGone(f"the warm parent is gone: {err}") from None
+        if not wait:
+            return run_id, None
         reply = self._next(run_id, FORK_TIMEOUT_S)
         if reply.get("op") != "forked":
             raise ZygoteGone(f"the warm parent could not fork: {self.death_notice()}")
         return run_id, int(reply["pid"])
 
-    def _next(self, run_id: str, timeout: float) -> dict[str, Any]:
+    def _next(self, run_id: str, timeout: float, skip: str = "") -> dict[str, Any]:
         with self._lock:
             mailbox = self._mailboxes[run_id]
-        try:
-            return mailbox.get(timeout=timeout)
-        except queue.Empty:
-            return {"op": "timeout"}
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                message = mailbox.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                return {"op": "timeout"}
+            if message.get("op") != skip:
+                return message
 
     def kill(self, run_id: str) -> None:
         """SIGKILL the run's process group (the warm parent reports the exit)."""
@@ -484,10 +494,10 @@ class ZygoteProcess:
     def wait_exit(self, run_id: str, timeout: float = EXIT_TIMEOUT_S) -> str:
         """How the run's process ended, in words (killed if it does not end in ``timeout``)."""
         try:
-            message = self._next(run_id, timeout)
+            message = self._next(run_id, timeout, skip="forked")
             if message.get("op") == "timeout":
                 self.kill(run_id)
-                message = self._next(run_id, timeout)
+                message = self._next(run_id, timeout, skip="forked")
             return how_it_ended(message)
         finally:
             self.forget(run_id)
