@@ -126,6 +126,11 @@ def warm_up(modules: list[str], skip: set[str], notebook_dir: Path | None) -> di
     from . import child
 
     started = time.perf_counter()
+    # papermill imports boto3 for its S3 reader at import (7 MB, ~0.1 s), and falls back
+    # as if boto3 were missing when that import fails: runs here never read or write S3
+    # through papermill (the notebook comes as JSON, the output is a local file).
+    if "papermill" not in sys.modules and "papermill.s3" not in modules:
+        sys.modules["papermill.s3"] = None  # type: ignore[assignment]
     shell = child.prepare_shell()
     imported, failed = [], []
     candidates = [*BASE_IMPORTS, *(m for m in modules if _is_installed_package(m, notebook_dir))]
