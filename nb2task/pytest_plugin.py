@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
+from . import STACTASK_LEGACY_WARNINGS
+
 if TYPE_CHECKING:
     from .goldens import Case, GoldenRunner
 
@@ -32,8 +34,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 def pytest_configure(config: pytest.Config) -> None:
     config.stash[_RUNNERS] = {}
-    # stactask warns about its own legacy accessors when nb2task calls it: not the task's.
+    # stactask warns about payloads' legacy keys when nb2task reads them: not the task's
+    # business. pytest replaces the warning filters per test, so nb2task's own is repeated.
     config.addinivalue_line("filterwarnings", "ignore::DeprecationWarning:stactask.*")
+    config.addinivalue_line(
+        "filterwarnings", f"ignore:{STACTASK_LEGACY_WARNINGS}:DeprecationWarning"
+    )
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
