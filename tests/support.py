@@ -194,6 +194,38 @@ def aws_client(service: str, endpoint: str) -> Any:
     )
 
 
+def create_job_queue(endpoint: str, name: str) -> str:
+    """An enabled Batch job queue on an UNMANAGED compute environment (with its service
+    role) on the moto server at ``endpoint``; its ARN."""
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "batch.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    role_arn = aws_client("iam", endpoint).create_role(
+        RoleName=f"{name}-service", AssumeRolePolicyDocument=json.dumps(trust)
+    )["Role"]["Arn"]
+    batch = aws_client("batch", endpoint)
+    env_arn = batch.create_compute_environment(
+        computeEnvironmentName=f"{name}-env",
+        type="UNMANAGED",
+        state="ENABLED",
+        serviceRole=role_arn,
+    )["computeEnvironmentArn"]
+    queue_arn: str = batch.create_job_queue(
+        jobQueueName=name,
+        state="ENABLED",
+        priority=1,
+        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": env_arn}],
+    )["jobQueueArn"]
+    return queue_arn
+
+
 def split_s3_url(url: str) -> tuple[str, str]:
     """``s3://bucket/key`` as (bucket, key)."""
     assert url.startswith("s3://"), url

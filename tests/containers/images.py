@@ -16,6 +16,7 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import ssl
 import subprocess
@@ -475,6 +476,16 @@ def ensure_context_image(context: Path, target: str, tag: str, base_image: str) 
         labels={LABEL: digest},
     )
     return tag, True
+
+
+# moto names a job's container ``<job name>-<job id>`` (an array child's id with '-<index>').
+MOTO_JOB_CONTAINER = re.compile(r".+-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}(-\d+)?")
+
+
+def job_containers(prefix: str = "") -> list[str]:
+    """Names of moto's job containers on our daemon (whose job name starts with prefix)."""
+    names = docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
+    return [n for n in names if n.startswith(prefix) and MOTO_JOB_CONTAINER.fullmatch(n)]
 
 
 def free_port() -> int:

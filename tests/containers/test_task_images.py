@@ -10,16 +10,13 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 import subprocess
-import sys
 import time
 import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import images
@@ -29,6 +26,7 @@ from support import (
     NDVI_ID,
     aws_client,
     aws_env,
+    create_job_queue,
     get_bytes,
     get_json,
     keys,
@@ -398,58 +396,7 @@ def test_lambda_payload_url_event_that_does_not_exist_is_invalid(
 # --- AWS Batch through moto's Batch API --------------------------------------------------
 
 
-JOB_PREFIX = "nb2task-job-"  # moto names a job's container after the job
-
-
-def job_containers() -> list[str]:
-    names = images.docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
-    return [n for n in names if n.startswith(JOB_PREFIX)]
-
-
-@pytest.fixture(scope="module")
-def moto_batch(docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A separate moto server (S3, Batch, CloudWatch Logs) that runs Batch jobs as containers
-    on our daemon, on the host network; its endpoint."""
-    port = images.free_port()
-    log = tmp_path_factory.mktemp("moto-batch") / "moto_server.log"
-    moto_server = Path(sys.executable).with_name("moto_server")
-    env = {
-        **os.environ,
-        "MOTO_PORT": str(port),
-        "DOCKER_HOST": docker_host,
-        "MOTO_DOCKER_NETWORK_MODE": "host",
-    }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(moto_server), "-H", "127.0.0.1", "-p", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
-        assert images.listening(port) == ["0100007F"]  # loopback only
-        yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        # A job still running when moto stopped would leave its container behind.
-        for name in job_containers():
-            images.docker("rm", "-f", name, check=False)
+JOB_PREFIX = "nb2task-job-"  # moto names a job's container after the job, see job_containers
 
 
 def snake_to_camel(value: Any) -> Any:
@@ -515,33 +462,7 @@ def test_batch_jobs_through_the_batch_api(
     bucket = "nb2task-batch-api"
     s3.create_bucket(Bucket=bucket)
 
-    role_arn = aws_client("iam", endpoint).create_role(
-        RoleName="nb2task-batch-service",
-        AssumeRolePolicyDocument=json.dumps(
-            {
-                "Version": "2012-10-17",
-                "Statement": [
-                    {
-                        "Effect": "Allow",
-                        "Principal": {"Service": "batch.amazonaws.com"},
-                        "Action": "sts:AssumeRole",
-                    }
-                ],
-            }
-        ),
-    )["Role"]["Arn"]
-    env_arn = batch.create_compute_environment(
-        computeEnvironmentName="nb2task-unmanaged",
-        type="UNMANAGED",
-        state="ENABLED",
-        serviceRole=role_arn,
-    )["computeEnvironmentArn"]
-    queue_arn = batch.create_job_queue(
-        jobQueueName="nb2task-queue",
-        state="ENABLED",
-        priority=1,
-        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": env_arn}],
-    )["jobQueueArn"]
+    queue_arn = create_job_queue(endpoint, "nb2task-queue")
 
     # Two jobs as Cirrus' pre-batch step submits them: the NDVI task, and a task that fails
     # with InvalidInput (Cirrus' post-batch step reads the last log line to say INVALID).
@@ -587,7 +508,7 @@ def test_batch_jobs_through_the_batch_api(
     assert "failing/out.json" not in keys(s3, bucket, "failing/")
 
     # moto removes job containers (named after the job) when done.
-    assert job_containers() == []
+    assert images.job_containers(JOB_PREFIX) == []
 
 
 def test_no_container_is_left_behind(docker_host: str) -> None:
