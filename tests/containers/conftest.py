@@ -13,9 +13,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -190,45 +188,8 @@ def failing_task(nb2task_base_image: str, tmp_path_factory: pytest.TempPathFacto
 
 @pytest.fixture(scope="session")
 def moto_batch(docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """A moto server (S3, Batch, CloudWatch Logs, Step Functions) whose Batch runs jobs as
-    containers on our daemon, on the host network; its endpoint."""
-    port = images.free_port()
+    """A moto server (S3, Batch, CloudWatch Logs) that runs Batch jobs as containers on our
+    daemon, on the host network; its endpoint."""
     log = tmp_path_factory.mktemp("moto-batch") / "moto_server.log"
-    moto_server = Path(sys.executable).with_name("moto_server")
-    env = {
-        **os.environ,
-        "MOTO_PORT": str(port),
-        "DOCKER_HOST": docker_host,
-        "MOTO_DOCKER_NETWORK_MODE": "host",
-    }
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(moto_server), "-H", "127.0.0.1", "-p", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            assert proc.poll() is None, log.read_text()
-            try:
-                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
-                break
-            except OSError:
-                assert time.monotonic() < deadline, log.read_text()
-                time.sleep(0.1)
-        assert images.listening(port) == ["0100007F"]  # loopback only
+    with images.moto_server(docker_host, log) as endpoint:
         yield endpoint
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=15)
-        # A job still running when moto stopped would leave its container behind.
-        for name in images.job_containers():
-            images.docker("rm", "-f", name, check=False)

@@ -34,6 +34,7 @@ from support import (
     make_payload,
     ndvi_payload,
     put_json,
+    register_job_definition,
     sample_item,
 )
 
@@ -399,41 +400,6 @@ def test_lambda_payload_url_event_that_does_not_exist_is_invalid(
 JOB_PREFIX = "nb2task-job-"  # moto names a job's container after the job, see job_containers
 
 
-def snake_to_camel(value: Any) -> Any:
-    """FilmDrop's snake_case keys (retry_strategy) as Batch's API spells them."""
-    if isinstance(value, dict):
-        return {
-            re.sub(r"_(\w)", lambda m: m.group(1).upper(), k): snake_to_camel(v)
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [snake_to_camel(v) for v in value]
-    return value
-
-
-def register_job_definition(batch: Any, task: TaskImages, endpoint: str) -> str:
-    """Register task's emitted Batch job definition, as FilmDrop's module would; plus what the
-    container needs to reach moto (in AWS: the job role and the real endpoints)."""
-    spec = task.definition["batch"]
-    properties = task.container_properties
-    properties["environment"] = properties.get("environment", []) + [
-        {"name": k, "value": v} for k, v in sorted(aws_env(endpoint).items())
-    ]
-    # moto substitutes the first parameter whose "Ref::name" is a substring of an argument, so
-    # "Ref::url_out" became "<url>_out" with url first (AWS Batch replaces whole placeholders):
-    # longest names first. moto merges submit_job's parameters into this order.
-    parameters = dict(sorted(spec["parameters"].items(), key=lambda kv: -len(kv[0])))
-    response = batch.register_job_definition(
-        jobDefinitionName=f"{task.name}-job",
-        type="container",
-        parameters=parameters,
-        containerProperties=properties,
-        retryStrategy=snake_to_camel(spec["retry_strategy"]),
-        timeout={"attemptDurationSeconds": spec["timeout_seconds"]},
-    )
-    return str(response["jobDefinitionArn"])
-
-
 def wait_for_jobs(
     batch: Any, job_ids: list[str], timeout: float = 180
 ) -> dict[str, dict[str, Any]]:
@@ -476,7 +442,7 @@ def test_batch_jobs_through_the_batch_api(
     submitted = {}
     t0 = time.monotonic()
     for task, url in ((ndvi_task, ndvi_in), (failing_task, fail_in)):
-        definition_arn = register_job_definition(batch, task, endpoint)
+        definition_arn = register_job_definition(batch, task.definition, endpoint)
         url_out = url.replace("/in.json", "/out.json")
         job = batch.submit_job(
             jobName=f"{JOB_PREFIX}{task.name}-{uuid.uuid4().hex[:8]}",
