@@ -9,12 +9,14 @@ step parses.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -389,7 +391,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             _build(args)
         elif args.command in ("submit", "status"):
             logs.configure(args.logging)
-            _submit(args) if args.command == "submit" else _status(args)
+            with _aws_errors():
+                _submit(args) if args.command == "submit" else _status(args)
         return 0
     except KeyboardInterrupt:
         print("KeyboardInterrupt: interrupted", file=sys.stderr)
@@ -457,6 +460,19 @@ def _run_many(args: argparse.Namespace, options: Any) -> None:
         file=sys.stderr,
     )
     raise_for_failures(rows, f"see {args.output_dir}/<payload>/{LOG_NAME}")
+
+
+@contextlib.contextmanager
+def _aws_errors() -> Iterator[None]:
+    """AWS's own errors (no region, no credentials, a refused call) in one clean line."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from .errors import Nb2TaskError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError) as err:
+        raise Nb2TaskError(f"AWS: {err}") from None
 
 
 def _submit(args: argparse.Namespace) -> None:

@@ -43,6 +43,7 @@ STATE_ORDER = (
 )
 
 ANSI_CLEAR_LINE = "\r\x1b[K"
+NAMED_FAILURES = 10  # the error line names this many; the summary has them all
 
 logger = logging.getLogger(__name__)
 
@@ -244,6 +245,9 @@ def raise_for_failures(rows: Sequence[Row], hint: str) -> None:
     bad = [row for row in rows if row.bad]
     if bad:
         names = ", ".join(
-            f"{row.payload} ({(row.error or row.state).split(':', 1)[0]})" for row in bad
+            f"{row.payload} ({(row.error or row.state).split(':', 1)[0]})"
+            for row in bad[:NAMED_FAILURES]
         )
+        if len(bad) > NAMED_FAILURES:
+            names += f" and {len(bad) - NAMED_FAILURES} more"
         raise Nb2TaskError(f"{len(bad)} of {len(rows)} payloads failed: {names}; {hint}")

@@ -4,15 +4,18 @@ stactask. Every test runs under each engine (the ``engine`` fixture)."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
-from support import NB2TASK, listing, make_payload, run_cli, sample_item, write_notebook
+from support import NB2TASK, REPO, listing, make_payload, run_cli, sample_item, write_notebook
 
 pytestmark = pytest.mark.usefixtures("engine")
 
+README = REPO / "README.md"
 EMIT_PROPS = """
 import nb2task
 items = nb2task.read_items(payload)
@@ -411,6 +414,17 @@ def test_many_payloads_in_parallel(tmp_path: Path) -> None:
     [header, *rows] = result.stdout.splitlines()
     assert header.split()[:3] == ["payload", "state", "duration"] and len(rows) == 4
     assert any("FAILED" in r and "ZeroDivisionError" in r for r in rows)
+
+
+def test_the_readme_payloads_example_works_as_written(tmp_path: Path) -> None:
+    [command] = re.findall(r"^nb2task run \S+ --local --payloads .*$", README.read_text(), re.M)
+    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
+    program, *args = shlex.split(command)  # as a shell passes it: the glob unexpanded
+    assert program == "nb2task"
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "local-output" / "summary.json").read_text())
+    assert summary["counts"] == {"SUCCEEDED": 2}
 
 
 @pytest.mark.parametrize(

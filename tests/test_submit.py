@@ -393,8 +393,11 @@ def test_progress_on_a_terminal_and_off_it(caplog: pytest.LogCaptureFixture) -> 
 
 
 def test_failures_name_their_payloads() -> None:
+    from nb2task.progress import raise_for_failures
+
     rows = [Row("a.json", state="SUCCEEDED"), Row("b.json", state="REJECTED", error="X.Y: no")]
     with pytest.raises(Nb2TaskError, match=r"^1 of 2 payloads failed: b.json \(X.Y\); see here$"):
-        from nb2task.progress import raise_for_failures
-
         raise_for_failures(rows, "see here")
+    many = [Row(f"{i}.json", state="FAILED", error="E: x") for i in range(25)]
+    with pytest.raises(Nb2TaskError, match=r": 0.json \(E\), .* 9.json \(E\) and 15 more; h$"):
+        raise_for_failures(many, "h")
