@@ -59,12 +59,26 @@ def refresh(rows: list[JobRow], batch: Any, logs: Any) -> bool:
         described = batch.describe_jobs(jobs=[row.job_id for row in chunk])["jobs"]
         jobs = {job["jobId"]: job for job in described}
         for row in chunk:
+            before = (row.state, row.error)
             job = jobs.get(row.job_id or "")
             if job is not None:
-                before = (row.state, row.error)
                 update(row, job, logs)
-                changed = changed or (row.state, row.error) != before
+            else:
+                forgotten(row)
+            changed = changed or (row.state, row.error) != before
     return changed
+
+
+def forgotten(row: JobRow) -> None:
+    """A job Batch no longer describes (it keeps ended jobs for about a week): done if
+    its output is there, else failed, with no way to learn why."""
+    if row.url_out and exists(row.url_out):
+        row.output, row.state = row.url_out, SUCCEEDED
+        return
+    row.error = (
+        f"{UNKNOWN_ERROR}: AWS Batch no longer knows job {row.job_id}, and it left no output"
+    )
+    row.state = FAILED
 
 
 def update(row: JobRow, job: dict[str, Any], logs: Any) -> None:

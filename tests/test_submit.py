@@ -311,6 +311,21 @@ def test_follow_reads_states_durations_and_error_lines(s3: Any, bucket: str) -> 
     follow.update(row, {"status": "RUNNABLE"}, Logs([]))
     assert row.state == "RUNNABLE" and not row.done
 
+    # Jobs Batch no longer describes: done if their output is there, else failed.
+    class Forgetful:
+        def describe_jobs(self, jobs: list[str]) -> dict[str, Any]:
+            return {"jobs": []}
+
+    rows = [
+        staging.JobRow("p", job_id="old-1", state="RUNNING", url_out=out),
+        staging.JobRow("p", job_id="old-2", state="RUNNING", url_out=f"s3://{bucket}/no.json"),
+    ]
+    assert follow.refresh(rows, Forgetful(), Logs([]))
+    assert [(r.state, r.output) for r in rows] == [("SUCCEEDED", out), ("FAILED", None)]
+    assert rows[1].error == (
+        "UnknownError: AWS Batch no longer knows job old-2, and it left no output"
+    )
+
 
 # --- The array child's side ------------------------------------------------------------------
 
