@@ -181,20 +181,22 @@ def submit(
         _resume(submission, options)
     todo = [row for row in rows if row.state == STAGED]
     overrides = _overrides(definition, options)
-    if options.array and len(todo) > 1:
-        for number, start in enumerate(range(0, len(todo), MAX_ARRAY_SIZE), 1):
-            chunk = todo[start : start + MAX_ARRAY_SIZE]
+    singles = todo
+    if options.array:
+        chunks = [todo[i : i + MAX_ARRAY_SIZE] for i in range(0, len(todo), MAX_ARRAY_SIZE)]
+        # An array job has 2 children at least: a payload left alone goes as a job of its own.
+        singles = chunks.pop() if chunks and len(chunks[-1]) == 1 else []
+        for number, chunk in enumerate(chunks, 1):
             _submit_array(batch, submission, chunk, number, overrides)
-    else:
-        with concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="nb2task-submit") as pool:
-            list(pool.map(lambda row: _submit_one(batch, submission, row, overrides), todo))
+    with concurrent.futures.ThreadPoolExecutor(8, thread_name_prefix="nb2task-submit") as pool:
+        list(pool.map(lambda row: _submit_one(batch, submission, row, overrides), singles))
     submitted = sum(1 for row in todo if row.state == SUBMITTED)
     logger.info(
         "%d of %d payloads submitted to %s (%s)",
         submitted,
         len(rows),
         options.job_queue,
-        "an array job" if submission.array_jobs else "one job each",
+        f"{len(submission.array_jobs)} array job(s), {len(singles)} single job(s)",
     )
     submission.save(None)
     return submission

@@ -172,7 +172,7 @@ def test_array_jobs_with_overrides(
     batch: RecordingBatch,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(submit, "MAX_ARRAY_SIZE", 2)  # three payloads: two array jobs
+    monkeypatch.setattr(submit, "MAX_ARRAY_SIZE", 2)  # 5 payloads: 2 array jobs and 1 job
     options = submit.SubmitOptions(
         job_queue="q",
         bucket=staging.PayloadBucket(bucket),
@@ -181,12 +181,18 @@ def test_array_jobs_with_overrides(
                                    retry_attempts=5),
         environment=(("NB2TASK_LOG_LEVEL", "DEBUG"),),
     )  # fmt: skip
-    payloads = write_payloads(tmp_path / "in", bucket, "a", "b", "c")
+    payloads = write_payloads(tmp_path / "in", bucket, "a", "b", "c", "d", "e")
     task_class = NotebookTask.for_notebook(task_notebook)
     done = submit.submit(task_class, submit.TaskSource(task_notebook), payloads, options)
 
-    first, second = batch.submitted
-    assert first["arrayProperties"] == {"size": 2} and second["arrayProperties"] == {"size": 1}
+    first, second, single = batch.submitted
+    assert first["arrayProperties"] == {"size": 2} == second["arrayProperties"]
+    # An array job needs two children at least: the last payload goes as a job of its own.
+    assert "arrayProperties" not in single
+    assert single["parameters"] == {"url": done.rows[4].url, "url_out": done.rows[4].url_out}
+    assert single["containerOverrides"] == {
+        k: v for k, v in first["containerOverrides"].items() if k != "command"
+    }
     assert first["jobDefinition"] == "arn:jd/modes:2"  # the newest active revision
     container = first["containerOverrides"]
     assert container["command"] == ["run", "--manifest", done.array_jobs[0]["manifest"]]
@@ -202,9 +208,10 @@ def test_array_jobs_with_overrides(
         "attempts": 5,
         "evaluateOnExit": [{"action": "EXIT", "onExitCode": "*"}],
     }
-    assert [row.job_id for row in done.rows] == ["job-1:0", "job-1:1", "job-2:0"]
-    entries = get_json(s3, done.array_jobs[0]["manifest"])["payloads"]
-    assert entries == [{"url": r.url, "url_out": r.url_out} for r in done.rows[:2]]
+    ids = ["job-1:0", "job-1:1", "job-2:0", "job-2:1", "job-3"]
+    assert [row.job_id for row in done.rows] == ids
+    entries = get_json(s3, done.array_jobs[1]["manifest"])["payloads"]
+    assert entries == [{"url": r.url, "url_out": r.url_out} for r in done.rows[2:4]]
     assert get_json(s3, done.rows[2].url or "")["id"] == "test/workflow-modes/c"
     record = submit.Submission.load(done.record_url)
     assert record.rows == done.rows and record.array_jobs == done.array_jobs
