@@ -1,7 +1,7 @@
 """The Cirrus workflows ``nb2task build`` writes: FilmDrop definitions and state machines that a
 real Amazon States Language validator (npm's asl-validator) accepts, as written and with
 FilmDrop's variables filled in. They run on moto's Step Functions in
-tests/containers/test_workflow.py.
+tests/containers/test_workflow_execution.py.
 
 asl-validator is found at $NB2TASK_ASL_VALIDATOR, else in
 $NB2TASK_TEST_CACHE/node/node_modules/.bin/ (.ci/run installs it there). Without it these
