@@ -198,7 +198,8 @@ class _ClearStatus(logging.Filter):
         self.progress = progress
 
     def filter(self, record: logging.LogRecord) -> bool:
-        self.progress._clear()
+        with self.progress._lock:  # any thread may log
+            self.progress._clear()
         return True
 
 
