@@ -14,7 +14,9 @@ from .runtime import emit, read_items
 # stactask warns about payloads' legacy keys (``upload_options.collections``, ``process``
 # as a dict, ``tasks`` as a list) on every access, its own included: the one filter, by
 # message, since the warnings are attributed to whichever module reads the key.
-STACTASK_LEGACY_WARNINGS = r"'(upload_options\.collections|process|tasks)' .*(deprecated|unsupported)"
+STACTASK_LEGACY_WARNINGS = (
+    r"'(upload_options\.collections|process|tasks)' .*(deprecated|unsupported)"
+)
 warnings.filterwarnings("ignore", message=STACTASK_LEGACY_WARNINGS, category=DeprecationWarning)
 
 __version__ = "0.1.0"

@@ -25,6 +25,8 @@ import nbformat
 from . import __version__
 from .errors import BuildError
 from .notebook import BatchSettings, LambdaSettings, Notebook
+from .render import render
+from .workflow import write_workflows
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +34,6 @@ DEFAULT_BASE_IMAGE = f"nb2task-base:{__version__}"
 TASK_DIR = "/opt/nb2task/task"
 LAMBDA_HANDLER = "nb2task.lambda_handler"
 BATCH_COMMAND = ["run", "Ref::url", "--output", "Ref::url_out"]
-TEMPLATES = Path(__file__).parent / "templates"
 MARKER = ".nb2task-context"
 DOCKER_TAG = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 
@@ -155,6 +156,7 @@ def _write_context(
         ("dockerignore.j2", ".dockerignore"),
     ):
         (out / target).write_text(render(template, values), encoding="utf-8")
+    write_workflows(out, values)
     (out / MARKER).write_text(
         "Written by nb2task build; nb2task build replaces this folder.\n", encoding="utf-8"
     )
@@ -171,24 +173,6 @@ def _check_replaceable(out: Path) -> None:
         raise BuildError(
             f"-o {out} is not empty and was not written by nb2task build: choose another folder"
         )
-
-
-def render(template: str, values: dict[str, Any]) -> str:
-    """Render one of nb2task's templates."""
-    import jinja2
-
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(TEMPLATES),
-        keep_trailing_newline=True,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,  # Dockerfiles, YAML and Markdown, not HTML
-    )
-    env.filters["tojson"] = lambda value: json.dumps(value, sort_keys=True)
-    # A Markdown table cell: no pipe or newline may break the row.
-    env.filters["cell"] = lambda value: str(value).replace("|", "\\|").replace("\n", " ")
-    return env.get_template(template).render(**values)
 
 
 def container_properties(image: str, batch: BatchSettings) -> str:

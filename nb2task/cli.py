@@ -9,12 +9,14 @@ step parses.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
 import signal
 import sys
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     add_run_arguments(run)
     run.add_argument(
         "--payloads", nargs="+", metavar="INPUT",
-        help="run on many payloads instead of one; each gets <output dir>/<payload stem>/",
+        help="run on many payloads instead of one: files, folders (their *.json), globs "
+        "('in/*.json', quoted) or s3:// prefixes; each gets <output dir>/<payload stem>/",
     )  # fmt: skip
     run.add_argument(
         "--jobs",
@@ -129,6 +132,89 @@ def build_parser() -> argparse.ArgumentParser:
     lint.add_argument("notebooks", type=Path, nargs="+", metavar="NOTEBOOK")
     lint.add_argument("--strict", action="store_true", help="warnings fail too (exit 1), as in CI")
 
+    submit = commands.add_parser(
+        "submit", help="run a notebook task on many payloads as AWS Batch jobs"
+    )
+    submit.add_argument(
+        "task", type=Path, metavar="NOTEBOOK_OR_CONTEXT",
+        help="the notebook, or its build context (nb2task build): needed for --register",
+    )  # fmt: skip
+    submit.add_argument(
+        "payloads", nargs="+", metavar="PAYLOADS",
+        help="files, folders (their *.json), globs (quoted) or s3:// prefixes",
+    )  # fmt: skip
+    submit.add_argument("--job-queue", required=True, help="the Batch job queue (name or ARN)")
+    submit.add_argument(
+        "--job-definition",
+        help="the Batch job definition (name, name:revision or ARN); with --register, the "
+        "name to register (default: nb2task-<task>)",
+    )
+    submit.add_argument(
+        "--register",
+        action="store_true",
+        help="register the job definition from the build context's definition.yaml first",
+    )
+    submit.add_argument("--image", help="with --register: the image URI (in your registry)")
+    submit.add_argument("--job-role", metavar="ARN", help="with --register: the job's IAM role")
+    submit.add_argument(
+        "--payload-bucket",
+        help="where payloads are staged (default: $CIRRUS_PAYLOAD_BUCKET)",
+    )
+    submit.add_argument(
+        "--root-prefix",
+        help="key prefix in the bucket (default: $CIRRUS_PAYLOAD_ROOT_PREFIX, else 'cirrus')",
+    )
+    submit.add_argument(
+        "--array",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one array job for two payloads or more, each child picking its payload "
+        "from a manifest by its index (default: on; --no-array: one job per payload)",
+    )
+    submit.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip payloads whose output already exists, and those an earlier submission "
+        "is still running or saw fail",
+    )
+    submit.add_argument(
+        "--retry-failed",
+        action="store_true",
+        help="with --resume: submit again the payloads whose earlier job failed",
+    )
+    submit.add_argument("--vcpu", type=_positive, help="vCPUs per job (overrides the definition)")
+    submit.add_argument("--memory", type=_positive_int, metavar="MB", help="memory per job")
+    submit.add_argument("--gpus", type=_positive_int, metavar="N", help="GPUs per job")
+    submit.add_argument(
+        "--timeout", type=_timeout, metavar="SECONDS", help="time limit per job attempt (≥ 60)"
+    )
+    submit.add_argument(
+        "--retries", type=_positive_int, metavar="ATTEMPTS", help="attempts per job (1-10)"
+    )
+    submit.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        type=_assignment,
+        metavar="NAME=VALUE",
+        help="set an environment variable in the jobs' containers",
+    )
+    submit.add_argument("--task-name", help="task name (default: the notebook's or context's)")
+    submit.add_argument(
+        "--validate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="check the payloads' items against the STAC item schema (default: on)",
+    )
+    add_follow_arguments(submit)
+
+    status = commands.add_parser("status", help="follow the jobs of a submission")
+    status.add_argument(
+        "submission",
+        help="the submission's record: a path, its s3:// URL, or the submission id",
+    )
+    add_follow_arguments(status)
+
     build = commands.add_parser("build", help="write a Docker build context and deploy files")
     build.add_argument("notebook", type=Path)
     build.add_argument("-o", "--output-dir", type=Path, help="where (default: build/<name>)")
@@ -161,6 +247,27 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def add_follow_arguments(parser: argparse.ArgumentParser) -> None:
+    """How ``submit`` and ``status`` follow the jobs."""
+    parser.add_argument(
+        "--wait",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="follow the jobs until they end (default: on; --no-wait: report and return)",
+    )
+    parser.add_argument(
+        "--poll", type=_positive, default=5.0, metavar="SECONDS", help="(default: %(default)s)"
+    )
+    parser.add_argument(
+        "--summary",
+        type=Path,
+        metavar="FILE",
+        help="the submission's record and summary, JSON (submit's default: "
+        "nb2task-submissions/<submission id>.json; status: where it was read)",
+    )
+    add_logging_argument(parser)
+
+
 def build_task_parser() -> argparse.ArgumentParser:
     """The parser of ``nb2task-task``: stactask's CLI, for the notebook baked into an image."""
     parser = argparse.ArgumentParser(
@@ -169,7 +276,14 @@ def build_task_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"nb2task {__version__}")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    add_run_arguments(commands.add_parser("run", help="run the task on one payload"))
+    run = commands.add_parser("run", help="run the task on one payload")
+    add_run_arguments(run)
+    run.add_argument(
+        "--manifest",
+        metavar="URL",
+        help="in an AWS Batch array job: run the payload at this child's index "
+        "(AWS_BATCH_JOB_ARRAY_INDEX) in the manifest at URL (replaces INPUT and --output)",
+    )
     return parser
 
 
@@ -289,6 +403,22 @@ def _positive(text: str) -> float:
     return value
 
 
+def _timeout(text: str) -> int:
+    """An argparse type: a job timeout, whole seconds, at least AWS Batch's minimum."""
+    value = _positive_int(text)
+    if value < 60:
+        raise argparse.ArgumentTypeError(f"{text}: AWS Batch's minimum is 60 seconds")
+    return value
+
+
+def _assignment(text: str) -> tuple[str, str]:
+    """An argparse type: ``NAME=VALUE``."""
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name, value
+
+
 def _positive_int(text: str) -> int:
     """An argparse type: a whole number above zero."""
     value = _positive(text)
@@ -309,6 +439,16 @@ def task_main(argv: list[str] | None = None) -> int:
     args.task_name = args.task_name or os.environ.get("NB2TASK_TASK_NAME") or None
     args.in_image = True  # a {"url"} payload is followed to s3:// only
     return _dispatch(args)
+
+
+def _from_manifest(args: argparse.Namespace) -> None:
+    """An array job's child: INPUT and --output from the manifest, by its index."""
+    from . import manifest
+    from .errors import UsageError
+
+    if args.input is not None or args.output is not None:
+        raise UsageError("--manifest replaces INPUT and --output")
+    args.input, args.output = manifest.entry(args.manifest, manifest.array_index(os.environ))
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
@@ -355,6 +495,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             if args.jupyter is None:
                 display = progress.live_display()
             _replay(args, display)
+        elif args.command in ("submit", "status"):
+            logs.configure(args.logging)
+            with _aws_errors():
+                _submit(args) if args.command == "submit" else _status(args)
         if display is not None:
             display.finish(failed=False)
         return 0
@@ -400,6 +544,8 @@ def run_options(args: argparse.Namespace) -> Any:
 def _run(args: argparse.Namespace) -> None:
     from .runner import LOCAL_OUTPUT, Runner
 
+    if getattr(args, "manifest", None) is not None:
+        _from_manifest(args)
     options = run_options(args)
     if not options.log_output:  # papermill's INFO records are the cells' output
         logging.getLogger("papermill").setLevel(logging.WARNING)
@@ -417,15 +563,100 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _run_many(args: argparse.Namespace, options: Any) -> None:
+    from . import sources
     from .errors import UsageError
-    from .many import run_many
+    from .many import LOG_NAME, SUMMARY_NAME, run_many
     from .runner import Runner
+    from .tally import raise_for_failures, table
 
     if args.input is not None or args.output is not None or args.workdir is not None:
         raise UsageError("--payloads replaces INPUT, --output and --workdir: use --output-dir")
+    payloads = sources.expand(args.payloads)
     with Runner(args.notebook, options) as runner:
-        runs = run_many(runner, args.payloads, args.output_dir, args.jobs, options)
-    print(f"{len(runs)} payloads done: outputs in {args.output_dir}/<payload>/", file=sys.stderr)
+        rows = run_many(runner, payloads, args.output_dir, args.jobs, options)
+    print(table(rows))
+    print(
+        f"{len(rows)} payloads done: outputs in {args.output_dir}/<payload>/, "
+        f"summary in {args.output_dir / SUMMARY_NAME}",
+        file=sys.stderr,
+    )
+    raise_for_failures(rows, f"see {args.output_dir}/<payload>/{LOG_NAME}")
+
+
+@contextlib.contextmanager
+def _aws_errors() -> Iterator[None]:
+    """AWS's own errors (no region, no credentials, a refused call) in one clean line."""
+    from botocore.exceptions import BotoCoreError, ClientError
+
+    from .errors import Nb2TaskError
+
+    try:
+        yield
+    except (BotoCoreError, ClientError) as err:
+        raise Nb2TaskError(f"AWS: {err}") from None
+
+
+def _submit(args: argparse.Namespace) -> None:
+    from . import sources
+    from .staging import PayloadBucket
+    from .submit import Resources, SubmitOptions, TaskSource, local_record, submit
+    from .task import NotebookTask
+
+    source = TaskSource.at(args.task)
+    name = args.task_name or (source.definition or {}).get("name")
+    task_class = NotebookTask.for_notebook(source.notebook, name)
+    options = SubmitOptions(
+        job_queue=args.job_queue,
+        bucket=PayloadBucket.from_env(args.payload_bucket, args.root_prefix),
+        job_definition=args.job_definition,
+        register=args.register,
+        image=args.image,
+        job_role=args.job_role,
+        array=args.array,
+        resume=args.resume,
+        retry_failed=args.retry_failed,
+        resources=Resources(args.vcpu, args.memory, args.gpus, args.timeout, args.retries),
+        environment=tuple(args.env),
+        validate=args.validate,
+    )
+    submission = submit(task_class, source, sources.expand(args.payloads), options)
+    record = args.summary or local_record(submission.id)
+    submission.save(record)
+    print(f"submission {submission.id}: record {record} ({submission.record_url})", file=sys.stderr)
+    _follow(submission, record, args)
+
+
+def _status(args: argparse.Namespace) -> None:
+    from .submit import Submission, find_record
+
+    where = find_record(args.submission)
+    submission = Submission.load(where)
+    record = args.summary or (None if "://" in where else Path(where))
+    _follow(submission, record, args)
+
+
+def _follow(submission: Any, record: Path | None, args: argparse.Namespace) -> None:
+    """Follow the jobs, keep the record up to date, print the summary table."""
+    from .follow import follow
+    from .tally import raise_for_failures, table
+
+    again = f"nb2task status {record or submission.record_url}"
+    try:
+        follow(
+            submission,
+            wait=args.wait,
+            poll=args.poll,
+            on_change=lambda: submission.save(record, remote=record is None),
+        )
+    except KeyboardInterrupt:
+        submission.save(record)
+        print(f"stopped following; the jobs keep running: {again}", file=sys.stderr)
+        raise
+    submission.save(record)
+    print(table(submission.rows))
+    if not all(row.done for row in submission.rows):
+        print(f"jobs still running: {again}", file=sys.stderr)
+    raise_for_failures(submission.rows, f"details in {record or submission.record_url}")
 
 
 def _build(args: argparse.Namespace) -> None:

@@ -3,68 +3,53 @@
 Every payload goes through the same ``Runner`` (and so the same warm executor: with
 the fork engine, one child per payload of one warm parent) in its own folder
 ``<output dir>/<payload stem>/``: the output payload, the executed notebook and the
-payload's own log.
+payload's own log. Progress shows while they run; ``<output dir>/summary.json`` and
+the returned rows say how each ended.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
 import logging
-from dataclasses import dataclass
+import time
 from pathlib import Path
 
 from . import logs
-from .errors import Nb2TaskError, error_line, exit_code
+from . import payload as payload_io
+from .errors import EXIT_INVALID_INPUT, error_line, exit_code
 from .paths import inside, safe_name
 from .publish import UrlOutput
 from .runner import Runner, RunOptions
+from .tally import FAILED, INVALID, RUNNING, SUCCEEDED, Progress, Row, write_summary
 
 logger = logging.getLogger(__name__)
 
 OUTPUT_NAME = "output-payload.json"
 LOG_NAME = "run.log"
-
-
-@dataclass(frozen=True)
-class PayloadRun:
-    """How one payload's run ended."""
-
-    payload: str
-    workdir: Path
-    exit_code: int
-    last_line: str
-
-    @property
-    def ok(self) -> bool:
-        return self.exit_code == 0
+SUMMARY_NAME = "summary.json"
 
 
 def run_many(
     runner: Runner, payloads: list[str], output_dir: Path, jobs: int, options: RunOptions
-) -> list[PayloadRun]:
-    """Run the task on every payload; raise Nb2TaskError naming the ones that failed."""
+) -> list[Row]:
+    """Run the task on every payload; one row each, in the order given."""
+    rows = [Row(payload) for payload in payloads]
     workdirs = _workdirs(payloads, output_dir)
     logs.quiet_stderr()  # each payload's records go to its run.log; stderr gets one line each
+    progress = Progress(rows)
     with concurrent.futures.ThreadPoolExecutor(jobs, thread_name_prefix="nb2task-run") as pool:
-        futures = [
-            pool.submit(_run_one, runner, payload, workdir, options)
-            for payload, workdir in zip(payloads, workdirs, strict=True)
-        ]
-        for future in concurrent.futures.as_completed(futures):
-            run = future.result()
-            if run.ok:
-                logger.info("%s: ok", run.payload)
-            else:
-                logger.warning("%s: %s", run.payload, run.last_line)
-        runs = [future.result() for future in futures]
-    failed = [r for r in runs if not r.ok]
-    if failed:
-        names = ", ".join(f"{r.payload} ({r.last_line.split(':', 1)[0]})" for r in failed)
-        raise Nb2TaskError(
-            f"{len(failed)} of {len(runs)} payloads failed: {names}; "
-            f"see {output_dir}/<payload>/{LOG_NAME}"
-        )
-    return runs
+        pending = {
+            pool.submit(_run_one, runner, row, workdir, options)
+            for row, workdir in zip(rows, workdirs, strict=True)
+        }
+        while pending:
+            done, pending = concurrent.futures.wait(pending, timeout=1.0)
+            for future in done:
+                future.result()  # _run_one records every failure in its row
+            progress.update()
+    progress.close()
+    write_summary(output_dir / SUMMARY_NAME, rows, output_dir=str(output_dir))
+    return rows
 
 
 def _workdirs(payloads: list[str], output_dir: Path) -> list[Path]:
@@ -76,14 +61,22 @@ def _workdirs(payloads: list[str], output_dir: Path) -> list[Path]:
     return [inside(output_dir, output_dir / stem, "a payload's folder") for stem in stems]
 
 
-def _run_one(runner: Runner, payload: str, workdir: Path, options: RunOptions) -> PayloadRun:
+def _run_one(runner: Runner, row: Row, workdir: Path, options: RunOptions) -> None:
     workdir.mkdir(parents=True, exist_ok=True)
     output = UrlOutput(workdir / OUTPUT_NAME)
+    started = time.monotonic()
+    row.state = RUNNING
     with logs.to_file(workdir / LOG_NAME):
         try:
-            runner.run(payload, output, options=options.replace(workdir=workdir))
+            document = payload_io.load(row.payload)
+            row.id = document.get("id") if isinstance(document.get("id"), str) else None
+            runner.run(document, output, options=options.replace(workdir=workdir))
         except Exception as err:  # noqa: BLE001 - each payload's failure is its own
-            line = error_line(err)
-            logging.getLogger("nb2task").error("%s", line)  # the log's last line
-            return PayloadRun(payload, workdir, exit_code(err), line)
-    return PayloadRun(payload, workdir, 0, "ok")
+            row.error = error_line(err)
+            logging.getLogger("nb2task").error("%s", row.error)  # the log's last line
+            state = INVALID if exit_code(err) == EXIT_INVALID_INPUT else FAILED
+        else:
+            row.output = str(workdir / OUTPUT_NAME)
+            state = SUCCEEDED
+    row.seconds = time.monotonic() - started
+    row.state = state  # last: the main thread reads a row once its state is final

@@ -215,6 +215,7 @@ class Runner:
                 record=record,
                 record_uploaded=publication.record_uploaded,
             )
+            progress.begin(None)  # this thread's later records are not this payload's
 
 
 def outcome(

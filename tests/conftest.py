@@ -131,6 +131,11 @@ def s3_endpoint() -> Iterator[str]:
     settings = aws_env(endpoint)
     saved = {k: os.environ.get(k) for k in settings}
     os.environ.update(settings)
+    # nb2task keeps one S3 client per process, bound to the environment it was made in: one
+    # made before (e.g. by the Lambda handler's init in tests/cirrus) would miss moto.
+    import nb2task.payload
+
+    nb2task.payload._s3 = None
     try:
         yield endpoint
     finally:

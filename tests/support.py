@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping
@@ -242,6 +243,74 @@ def aws_client(service: str, endpoint: str) -> Any:
         aws_secret_access_key=AWS_TEST_ENV["AWS_SECRET_ACCESS_KEY"],
         aws_session_token=AWS_TEST_ENV["AWS_SESSION_TOKEN"],
     )
+
+
+def create_job_queue(endpoint: str, name: str) -> str:
+    """An enabled Batch job queue on an UNMANAGED compute environment (with its service
+    role) on the moto server at ``endpoint``; its ARN."""
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {
+                "Effect": "Allow",
+                "Principal": {"Service": "batch.amazonaws.com"},
+                "Action": "sts:AssumeRole",
+            }
+        ],
+    }
+    role_arn = aws_client("iam", endpoint).create_role(
+        RoleName=f"{name}-service", AssumeRolePolicyDocument=json.dumps(trust)
+    )["Role"]["Arn"]
+    batch = aws_client("batch", endpoint)
+    env_arn = batch.create_compute_environment(
+        computeEnvironmentName=f"{name}-env",
+        type="UNMANAGED",
+        state="ENABLED",
+        serviceRole=role_arn,
+    )["computeEnvironmentArn"]
+    queue_arn: str = batch.create_job_queue(
+        jobQueueName=name,
+        state="ENABLED",
+        priority=1,
+        computeEnvironmentOrder=[{"order": 1, "computeEnvironment": env_arn}],
+    )["jobQueueArn"]
+    return queue_arn
+
+
+def snake_to_camel(value: Any) -> Any:
+    """FilmDrop's snake_case keys (retry_strategy) as Batch's API spells them."""
+    if isinstance(value, dict):
+        return {
+            re.sub(r"_(\w)", lambda m: m.group(1).upper(), k): snake_to_camel(v)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [snake_to_camel(v) for v in value]
+    return value
+
+
+def register_job_definition(batch: Any, definition: dict[str, Any], endpoint: str) -> str:
+    """Register a task's Batch job definition (its definition.yaml, parsed) as FilmDrop's
+    module would, plus what the container needs to reach moto (in AWS: the job role and the
+    real endpoints); its ARN."""
+    spec = definition["batch"]
+    properties = json.loads(spec["container_properties"])
+    properties["environment"] = properties.get("environment", []) + [
+        {"name": k, "value": v} for k, v in sorted(aws_env(endpoint).items())
+    ]
+    # moto substitutes the first parameter whose "Ref::name" is a substring of an argument, so
+    # "Ref::url_out" became "<url>_out" with url first (AWS Batch replaces whole placeholders):
+    # longest names first. moto merges submit_job's parameters into this order.
+    parameters = dict(sorted(spec["parameters"].items(), key=lambda kv: -len(kv[0])))
+    response = batch.register_job_definition(
+        jobDefinitionName=f"{definition['name']}-job",
+        type="container",
+        parameters=parameters,
+        containerProperties=properties,
+        retryStrategy=snake_to_camel(spec["retry_strategy"]),
+        timeout={"attemptDurationSeconds": spec["timeout_seconds"]},
+    )
+    return str(response["jobDefinitionArn"])
 
 
 def split_s3_url(url: str) -> tuple[str, str]:

@@ -32,6 +32,13 @@ def test_context_files(context: Path) -> None:
         "notebook",
         "parameters.schema.json",
         "requirements.txt",
+        "workflows",
+    ]
+    assert sorted(str(p.relative_to(context)) for p in context.glob("workflows/*/*")) == [
+        "workflows/ndvi-batch/definition.yaml",
+        "workflows/ndvi-batch/state-machine.json",
+        "workflows/ndvi-lambda/definition.yaml",
+        "workflows/ndvi-lambda/state-machine.json",
     ]
     # Pinned to the versions this environment ran the notebook with.
     from importlib.metadata import version

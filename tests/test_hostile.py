@@ -613,8 +613,11 @@ def test_payloads(engine: str, tmp_path: Path) -> None:
         checked += 1
     assert checked == len(inputs)
     assert sorted(p.name for p in out.iterdir()) == sorted(
-        ["good", *(Path(i).stem for i in inputs)]
+        ["good", "summary.json", *(Path(i).stem for i in inputs)]
     ), "a folder outside the output dir"
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"].get("SUCCEEDED") == 1
+    assert sum(summary["counts"].values()) == len(inputs) + 1
 
 
 def test_payload_names_cannot_climb_out_of_the_output_dir(
@@ -628,7 +631,7 @@ def test_payload_names_cannot_climb_out_of_the_output_dir(
         "run", notebook, "--local", "--output-dir", out, "--payloads", f"s3://{bucket}/in/.."
     )
     assert result.returncode == 0, result.stderr
-    [folder] = list(out.iterdir())
+    [folder] = [p for p in out.iterdir() if p.is_dir()]
     assert folder.parent == out and (folder / "output-payload.json").exists()
     assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["out"]
 

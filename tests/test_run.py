@@ -4,15 +4,18 @@ stactask. Every test runs under each engine (the ``engine`` fixture)."""
 from __future__ import annotations
 
 import json
+import re
+import shlex
 import shutil
 from pathlib import Path
 
 import nbformat
 import pytest
-from support import NB2TASK, listing, make_payload, run_cli, sample_item, write_notebook
+from support import NB2TASK, REPO, listing, make_payload, run_cli, sample_item, write_notebook
 
 pytestmark = pytest.mark.usefixtures("engine")
 
+README = REPO / "README.md"
 EMIT_PROPS = """
 import nb2task
 items = nb2task.read_items(payload)
@@ -364,22 +367,32 @@ def test_jupytext_py_notebook(tmp_path: Path, write_json) -> None:
     assert json.loads(inspected.stdout)["properties"]["note"]["description"] == "a note"
 
 
-def test_many_payloads_in_parallel(params_notebook: Path, tmp_path: Path) -> None:
-    inputs = []
-    for name, a in (("first", "1"), ("second", "2"), ("broken", None)):
-        payload = make_payload(tasks={"params": {"a": a} if a else {"n": "not an int"}})
-        path = tmp_path / "in" / f"{name}.json"
-        path.parent.mkdir(exist_ok=True)
-        path.write_text(json.dumps(payload))
-        inputs.append(path)
+def test_many_payloads_in_parallel(tmp_path: Path) -> None:
+    """Payloads from a folder and a glob; one fails in the notebook, one is invalid: the
+    others' outputs are there, the failures are logged at WARNING with their error lines,
+    and the summary (table on stdout, summary.json) says how each ended."""
+    params_notebook = write_notebook(
+        tmp_path / "params.ipynb",
+        'payload = "sample.json"\na: str = "x"\nn: int = 0',
+        'ratio = 1 / 0 if a == "divide" else 1',
+        "NAMES = {'a', 'n'}\n" + EMIT_PROPS,
+    )
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    cases = {"first": {"a": "1"}, "second": {"a": "2"}, "broken": {"n": "not an int"}}
+    cases["divide"] = {"a": "divide"}  # divides by zero
+    for name, options in cases.items():
+        (inputs / f"{name}.json").write_text(json.dumps(make_payload(tasks={"params": options})))
     out = tmp_path / "runs"
     result = run_cli(
-        "run", params_notebook, "--payloads", *inputs, "--jobs", "2", "--output-dir", out, "--local"
-    )
+        "run", params_notebook, "--payloads", inputs, str(inputs / "s*.json"),
+        "--jobs", "2", "--output-dir", out, "--local",
+    )  # fmt: skip
     assert result.returncode == 1
     assert result.last_stderr_line.startswith(
-        "nb2task.errors.Nb2TaskError: 1 of 3 payloads failed: "
-        f"{inputs[2]} (stactask.exceptions.InvalidInput)"
+        "nb2task.errors.Nb2TaskError: 2 of 4 payloads failed: "
+        f"{inputs / 'broken.json'} (stactask.exceptions.InvalidInput), "
+        f"{inputs / 'divide.json'} (ZeroDivisionError); see {out}/<payload>/run.log"
     )
     for name, a in (("first", "1"), ("second", "2")):
         output = json.loads((out / name / "output-payload.json").read_text())
@@ -387,6 +400,31 @@ def test_many_payloads_in_parallel(params_notebook: Path, tmp_path: Path) -> Non
         assert (out / name / "params.executed.ipynb").exists()
     assert not (out / "broken" / "output-payload.json").exists()
     assert "must be integer" in (out / "broken" / "run.log").read_text()
+    assert (out / "divide" / "params.executed.ipynb").exists()  # the record of the failure
+    assert "ZeroDivisionError" in (out / "divide" / "run.log").read_text().splitlines()[-1]
+    warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
+    assert len(warnings) == 2 and all("nb2task.progress: [" in w for w in warnings), warnings
+    assert any("INVALID" in w and "must be integer" in w for w in warnings)
+    assert any("FAILED" in w and "ZeroDivisionError: division by zero" in w for w in warnings)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["counts"] == {"SUCCEEDED": 2, "INVALID": 1, "FAILED": 1}
+    states = {Path(row["payload"]).stem: row["state"] for row in summary["payloads"]}
+    assert states == {"broken": "INVALID", "divide": "FAILED", "first": "SUCCEEDED",
+                      "second": "SUCCEEDED"}  # fmt: skip
+    [header, *rows] = result.stdout.splitlines()
+    assert header.split()[:3] == ["payload", "state", "duration"] and len(rows) == 4
+    assert any("FAILED" in r and "ZeroDivisionError" in r for r in rows)
+
+
+def test_the_readme_payloads_example_works_as_written(tmp_path: Path) -> None:
+    [command] = re.findall(r"^nb2task run \S+ --local --payloads .*$", README.read_text(), re.M)
+    shutil.copytree(REPO / "notebooks", tmp_path / "notebooks")
+    program, *args = shlex.split(command)  # as a shell passes it: the glob unexpanded
+    assert program == "nb2task"
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((tmp_path / "local-output" / "summary.json").read_text())
+    assert summary["counts"] == {"SUCCEEDED": 2}
 
 
 @pytest.mark.parametrize(

@@ -181,3 +181,15 @@ def failing_task(nb2task_base_image: str, tmp_path_factory: pytest.TempPathFacto
     notebook.write_text(json.dumps(document, indent=1, sort_keys=True) + "\n")
     out = tmp_path_factory.mktemp("failing-build") / "ctx"
     return build_task_images(notebook, out, nb2task_base_image)
+
+
+# --- AWS Batch: a moto server whose jobs are containers on our daemon --------------------
+
+
+@pytest.fixture(scope="session")
+def moto_batch(docker_host: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A moto server (S3, Batch, CloudWatch Logs) that runs Batch jobs as containers on our
+    daemon, on the host network; its endpoint."""
+    log = tmp_path_factory.mktemp("moto-batch") / "moto_server.log"
+    with images.moto_server(docker_host, log) as endpoint:
+        yield endpoint

@@ -16,12 +16,14 @@ import functools
 import hashlib
 import json
 import os
+import re
 import shutil
 import ssl
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -475,6 +477,65 @@ def ensure_context_image(context: Path, target: str, tag: str, base_image: str) 
         labels={LABEL: digest},
     )
     return tag, True
+
+
+# moto names a job's container ``<job name>-<job id>`` (an array child's id with '-<index>').
+MOTO_JOB_CONTAINER = re.compile(r".+-[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}(-\d+)?")
+
+
+def job_containers(prefix: str = "") -> list[str]:
+    """Names of moto's job containers on our daemon (whose job name starts with prefix)."""
+    names = docker("ps", "-a", "--format", "{{.Names}}").stdout.split()
+    return [n for n in names if n.startswith(prefix) and MOTO_JOB_CONTAINER.fullmatch(n)]
+
+
+@contextlib.contextmanager
+def moto_server(
+    docker_host: str, log: Path, command: list[str] | None = None, **env: str
+) -> Iterator[str]:
+    """A moto server on loopback (``command``: moto_server by default) whose Batch runs jobs
+    as containers on our daemon, on the host network; its endpoint. Job containers left when
+    it stops are removed."""
+    port = free_port()
+    command = command or [str(Path(sys.executable).with_name("moto_server"))]
+    environment = {
+        **os.environ,
+        "MOTO_PORT": str(port),
+        "DOCKER_HOST": docker_host,
+        "MOTO_DOCKER_NETWORK_MODE": "host",
+        **env,
+    }
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [*command, "-H", "127.0.0.1", "-p", str(port)],
+            env=environment,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            assert proc.poll() is None, log.read_text()
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=2).close()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.1)
+        assert listening(port) == ["0100007F"]  # loopback only
+        yield endpoint
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=15)
+        # A job still running when moto stopped would leave its container behind.
+        for name in job_containers():
+            docker("rm", "-f", name, check=False)
 
 
 def free_port() -> int:
