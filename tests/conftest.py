@@ -65,13 +65,31 @@ def repo_stays_clean() -> Iterator[None]:
 # --- Workers ------------------------------------------------------------------------------------
 
 
+GROUPS = ("containers", "cirrus")
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist's own hook reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """With pytest-xdist: the container tests share one Docker daemon and the Cirrus tests
     one judge venv, so each group runs in a single worker."""
     for item in items:
-        for group in ("containers", "cirrus"):
+        for group in GROUPS:
             if f"{os.sep}{group}{os.sep}" in str(item.path):
                 item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_finish(session: pytest.Session) -> None:
+    """Fail at once, not with a daemon stopped under another worker's feet, if xdist did
+    not group (its group is a suffix of the node id, which some pytest versions drop)."""
+    if not getattr(session.config.option, "loadgroup", False):
+        return
+    for item in session.items:
+        if item.get_closest_marker("xdist_group") and "@" not in item.nodeid:
+            raise pytest.UsageError(
+                f"pytest-xdist did not put {item.nodeid} in its group: pytest and "
+                "pytest-xdist do not fit (see pyproject.toml)"
+            )
 
 
 # --- Engines -----------------------------------------------------------------------------------

@@ -33,7 +33,7 @@ pytestmark = pytest.mark.container
 
 DIVIDE_LINE = re.compile(
     r"ZeroDivisionError: division by zero "
-    r"\(notebook cell In \[\d+\]: ratio = 1 / 0 if mode == \"divide\" else 1\.0\)"
+    r"\(notebook cell In \[\d+\], line 1: ratio = 1 / 0 if mode == \"divide\" else 1\.0\)"
 )
 REJECTED_LINE = "stactask.exceptions.InvalidInput: unknown parameter 'zzz'"
 
