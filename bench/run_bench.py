@@ -17,6 +17,7 @@ machine. Each nb2task figure is measured under both engines (fork, kernel).
     memory each warm payload adds
 (f) asset download and upload throughput against plain boto3, on the same files
 (g) what nb2task's runtime adds to stactask's installed dependencies (two venvs, sizes)
+(h) ``run --payloads`` over 1 000 payloads (fork engine): the process's memory stays flat
 """
 
 from __future__ import annotations
@@ -54,7 +55,7 @@ AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_REGION": "us-east-1",
 }
-MEASURES = ("cold", "warm", "payloads", "large", "import", "memory", "transfer", "size")
+MEASURES = ("cold", "warm", "payloads", "large", "import", "memory", "transfer", "size", "many")
 TARGETS = {
     "cold_ratio": 1.3,
     "warm_extra_ms": 30,
@@ -325,6 +326,13 @@ def measure_import(rounds: int) -> dict[str, Any]:
 # --- (e) memory ---------------------------------------------------------------------
 
 
+def pss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
+        if line.startswith("Pss:"):
+            return int(line.split()[1])
+    return 0
+
+
 def tree_pss_kb(root: int) -> int:
     """Proportional set size of ``root`` and everything below it (shared pages counted
     once across the processes that share them, as forked processes do)."""
@@ -342,11 +350,9 @@ def tree_pss_kb(root: int) -> int:
         pid = stack.pop()
         stack.extend(children.get(pid, []))
         try:
-            for line in Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines():
-                if line.startswith("Pss:"):
-                    total += int(line.split()[1])
+            total += pss_kb(pid)
         except OSError:
-            continue
+            continue  # it ended meanwhile
     return total
 
 
@@ -369,6 +375,46 @@ def measure_memory(tmp: Path, rounds: int) -> dict[str, Any]:
     return {
         "peak_pss_mb": peaks,
         "ratio": {k: v / anchor for k, v in peaks.items() if k != "anchor"},
+    }
+
+
+def measure_many(tmp: Path, n: int = 1000) -> dict[str, Any]:
+    """``run --payloads`` over ``n`` payloads in one process: its memory early in the run
+    (after a tenth of the time) and at the end, and the peak of its whole tree (the warm
+    engine included). Flat means no payload leaves anything behind in the process."""
+    folder = tmp / "many-1000"
+    folder.mkdir(exist_ok=True)
+    source = sample_payload()
+    for i in range(n):
+        payload = copy.deepcopy(source)
+        payload["id"] = f"{source['id']}-{i}"
+        (folder / f"p{i:04d}.json").write_text(json.dumps(payload))
+    out = tmp / "many-1000-out"
+    command = [
+        str(BIN / "nb2task"), "run", str(NOTEBOOK), "--local", "--engine", "fork",
+        "--logging", "WARNING", "--output-dir", str(out), "--payloads", str(folder),
+    ]  # fmt: skip
+    started = time.monotonic()
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=REPO)
+    samples: list[tuple[float, int, int]] = []  # seconds, the process's PSS, its tree's
+    while proc.poll() is None:
+        try:
+            samples.append((time.monotonic() - started, pss_kb(proc.pid), tree_pss_kb(proc.pid)))
+        except OSError:
+            break
+        time.sleep(0.25)
+    seconds = time.monotonic() - started
+    succeeded = len(list(out.glob("*/output-payload.json")))
+    early = [own for t, own, _ in samples if t >= seconds / 10][:4]
+    late = [own for t, own, _ in samples if t >= seconds * 0.9]
+    return {
+        "payloads": n,
+        "succeeded": succeeded,
+        "seconds": seconds,
+        "process_pss_mb_early": median([v / 1024 for v in early]) if early else None,
+        "process_pss_mb_end": median([v / 1024 for v in late]) if late else None,
+        "process_pss_mb_peak": max(own for _, own, _ in samples) / 1024,
+        "tree_pss_mb_peak": max(tree for _, _, tree in samples) / 1024,
     }
 
 
@@ -529,6 +575,12 @@ def table(results: dict[str, Any]) -> list[str]:
     if "size" in results:
         mb = f"+{results['size']['extra_mb']:.0f}"
         add("(g) runtime over stactask's deps, MB", (mb, ""), f"≤ +{t['runtime_extra_mb']}")
+    if "many" in results:
+        m = results["many"]
+        label = f"(h) --payloads ×{m['payloads']}: process MB early → end (tree peak)"
+        early, end = m["process_pss_mb_early"], m["process_pss_mb_end"]
+        cells = f"{early:.0f} → {end:.0f} ({m['tree_pss_mb_peak']:.0f})"
+        add(label, (cells, ""), "flat")
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
 
@@ -543,7 +595,7 @@ def main() -> None:
     rounds = 2 if args.quick else args.repeat
     only = set(args.only or MEASURES)
     if args.quick:
-        only.discard("size")
+        only -= {"size", "many"}
     machine = {"cpus": os.cpu_count(), "python": sys.version.split()[0]}
     results: dict[str, Any] = {"machine": machine}
     started = time.perf_counter()
@@ -560,6 +612,7 @@ def main() -> None:
                 ("memory", lambda: measure_memory(tmp, rounds)),
                 ("transfer", lambda: measure_transfer(moto, tmp, rounds)),
                 ("size", lambda: measure_size(tmp)),
+                ("many", lambda: measure_many(tmp)),
             ]
             for key, measure in steps:
                 if key in only and (key != "payloads" or "cold" in results):
