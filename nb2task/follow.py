@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from .redact import redact
 from .staging import JobRow
 from .submit import Submission, aws_client, exists
 from .tally import FAILED, INVALID, SUCCEEDED, Progress
@@ -104,6 +105,10 @@ def update(row: JobRow, job: dict[str, Any], logs: Any) -> None:
             f"container reason: {container.get('reason')})"
         )
         status = INVALID if row.error.startswith(f"{INVALID_LINE}:") else FAILED
+    if row.error:
+        # Batch's reasons may span lines; the summary and the table keep one line each,
+        # with this machine's secrets out of them as out of every error line.
+        row.error = redact(" ".join(row.error.split()))
     row.state = status  # last: the row is complete when its state is final
 
 

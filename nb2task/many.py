@@ -37,7 +37,8 @@ def run_many(
     workdirs = _workdirs(payloads, output_dir)
     logs.quiet_stderr()  # each payload's records go to its run.log; stderr gets one line each
     progress = Progress(rows)
-    with concurrent.futures.ThreadPoolExecutor(jobs, thread_name_prefix="nb2task-run") as pool:
+    pool = concurrent.futures.ThreadPoolExecutor(jobs, thread_name_prefix="nb2task-run")
+    try:
         pending = {
             pool.submit(_run_one, runner, row, workdir, options)
             for row, workdir in zip(rows, workdirs, strict=True)
@@ -47,8 +48,12 @@ def run_many(
             for future in done:
                 future.result()  # _run_one records every failure in its row
             progress.update()
-    progress.close()
-    write_summary(output_dir / SUMMARY_NAME, rows, output_dir=str(output_dir))
+    finally:
+        # Interrupted (Ctrl-C, SIGTERM): the payloads not started never start; the status
+        # line goes before the error line, and the summary says how far it got.
+        pool.shutdown(wait=True, cancel_futures=True)
+        progress.close()
+        write_summary(output_dir / SUMMARY_NAME, rows, output_dir=str(output_dir))
     return rows
 
 
@@ -62,21 +67,28 @@ def _workdirs(payloads: list[str], output_dir: Path) -> list[Path]:
 
 
 def _run_one(runner: Runner, row: Row, workdir: Path, options: RunOptions) -> None:
-    workdir.mkdir(parents=True, exist_ok=True)
-    output = UrlOutput(workdir / OUTPUT_NAME)
     started = time.monotonic()
     row.state = RUNNING
-    with logs.to_file(workdir / LOG_NAME):
-        try:
-            document = payload_io.load(row.payload)
-            row.id = document.get("id") if isinstance(document.get("id"), str) else None
-            runner.run(document, output, options=options.replace(workdir=workdir))
-        except Exception as err:  # noqa: BLE001 - each payload's failure is its own
-            row.error = error_line(err)
-            logging.getLogger("nb2task").error("%s", row.error)  # the log's last line
-            state = INVALID if exit_code(err) == EXIT_INVALID_INPUT else FAILED
-        else:
-            row.output = str(workdir / OUTPUT_NAME)
-            state = SUCCEEDED
+    try:
+        workdir.mkdir(parents=True, exist_ok=True)
+        with logs.to_file(workdir / LOG_NAME):
+            try:
+                document = payload_io.load(row.payload)  # read once, here: the row needs its id
+                row.id = document.get("id") if isinstance(document.get("id"), str) else None
+                runner.run(
+                    document,
+                    UrlOutput(workdir / OUTPUT_NAME),
+                    options=options.replace(workdir=workdir),
+                    origin=row.payload,
+                )
+            except Exception as err:
+                logging.getLogger("nb2task").error("%s", error_line(err))  # the log's last line
+                raise
+    except Exception as err:  # noqa: BLE001 - each payload's failure is its own
+        row.error = error_line(err)
+        state = INVALID if exit_code(err) == EXIT_INVALID_INPUT else FAILED
+    else:
+        row.output = str(workdir / OUTPUT_NAME)
+        state = SUCCEEDED
     row.seconds = time.monotonic() - started
     row.state = state  # last: the main thread reads a row once its state is final

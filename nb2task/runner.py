@@ -154,9 +154,11 @@ class Runner:
         *,
         options: RunOptions | None = None,
         stdin: IO[str] | None = None,
+        origin: str | None = None,
     ) -> dict[str, Any]:
         """Run the task on the payload at ``source`` (path, URL, stdin if None, or a
-        parsed event); write the output payload to ``output`` and return what it returns."""
+        parsed event); write the output payload to ``output`` and return what it returns.
+        ``origin``: where a parsed ``source`` was read from, for the record."""
         from . import payload as payload_io
         from .errors import error_line, exit_code
         from .provenance import payload_section, stamp_error
@@ -193,7 +195,7 @@ class Runner:
                 limits=options.limits,
                 log_output=options.log_output,
                 require_items=options.require_items,
-                payload_record=payload_section(source, document),
+                payload_record=payload_section(origin or source, document),
             )
             if options.upload and result["features"]:
                 progress.stage("upload", f"the assets of {len(result['features'])} item(s)")

@@ -54,8 +54,8 @@ def _s3(url: str) -> list[str]:
     pages = s3_client().get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
     for page in pages:
         for key in (o["Key"] for o in page.get("Contents", [])):
-            if key == prefix:
-                return [url]  # an object of that name, whatever its name
+            if key == prefix and not prefix.endswith("/"):
+                return [url]  # an object of that name, whatever its name (not a folder marker)
             if key.startswith(folder) and key.endswith(".json"):
                 keys.append(key)
     return [f"s3://{bucket}/{key}" for key in sorted(keys)]

@@ -15,6 +15,7 @@ import concurrent.futures
 import json
 import logging
 import os
+import re
 import tempfile
 import uuid
 from dataclasses import dataclass
@@ -118,6 +119,30 @@ def _stage_one(
     row.state = STAGED
 
 
+# Staged payloads are keyed by their id, and nb2task keeps submission records under
+# <root>/tmp/batch/nb2task/: an id must be a plain key, and not land among the records.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+RECORDS_SEGMENT = "nb2task"
+
+
+def check_payload_id(payload_id: str) -> None:
+    """InvalidInput unless ``payload_id`` can key a staged payload (Cirrus' ids are
+    ``<collections>/workflow-<name>/<item ids>``: '/' is fine, '..' or '//' is not)."""
+    from stactask.exceptions import InvalidInput
+
+    segments = payload_id.split("/")
+    if _CONTROL.search(payload_id) or any(s in ("", ".", "..") for s in segments):
+        raise InvalidInput(
+            f"the payload id {payload_id!r} cannot key a staged payload: no control "
+            "characters, '.', '..' or empty segments"
+        )
+    if segments[0] == RECORDS_SEGMENT:
+        raise InvalidInput(
+            f"the payload id {payload_id!r} cannot start with '{RECORDS_SEGMENT}/': "
+            "nb2task keeps its submission records there"
+        )
+
+
 def check(task_class: type[NotebookTask], document: dict[str, Any], validate: bool) -> None:
     """Raise what a Batch run of this payload would raise before its notebook starts:
     the payload's structure, its items (STAC schema too, if ``validate``), the
@@ -126,6 +151,7 @@ def check(task_class: type[NotebookTask], document: dict[str, Any], validate: bo
 
     if not isinstance(document.get("id"), str) or not document["id"]:
         raise InvalidInput("the payload has no 'id' (Cirrus keys staged payloads by it)")
+    check_payload_id(document["id"])
     with tempfile.TemporaryDirectory(prefix="nb2task-check-") as workdir:
         # Made only to check: it never runs, so any executor will do and none is started.
         task_class(document, workdir=workdir, validate=validate, executor=_UNUSED)

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any
 from . import manifest
 from . import payload as payload_io
 from .errors import UsageError
-from .staging import STAGED, JobRow, PayloadBucket
+from .staging import RECORDS_SEGMENT, STAGED, JobRow, PayloadBucket
 from .tally import FAILED, INVALID, REJECTED, SKIPPED, summary
 
 if TYPE_CHECKING:
@@ -39,7 +39,7 @@ SUBMITTED = "SUBMITTED"
 MAX_ARRAY_SIZE = 10_000  # AWS Batch's limit for one array job
 MIN_TIMEOUT_S = 60  # AWS Batch's minimum attemptDurationSeconds
 JOB_NAME_MAX = 128
-RECORDS = ("tmp", "batch", "nb2task")  # under the root prefix: <task>/<submission>.json
+RECORDS = ("tmp", "batch", RECORDS_SEGMENT)  # under the root prefix: <task>/<submission>.json
 LOCAL_RECORDS = Path("nb2task-submissions")
 IN_FLIGHT = frozenset({SUBMITTED, "PENDING", "RUNNABLE", "STARTING", "RUNNING"})
 

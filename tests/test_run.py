@@ -400,7 +400,11 @@ def test_many_payloads_in_parallel(tmp_path: Path) -> None:
         assert (out / name / "params.executed.ipynb").exists()
     assert not (out / "broken" / "output-payload.json").exists()
     assert "must be integer" in (out / "broken" / "run.log").read_text()
-    assert (out / "divide" / "params.executed.ipynb").exists()  # the record of the failure
+    record = json.loads((out / "divide" / "params.executed.ipynb").read_text())  # kept
+    # The record says where its payload came from (replay fetches it from there).
+    assert record["metadata"]["nb2task_run"]["payload"]["url"] == str(
+        (inputs / "divide.json").resolve()
+    )
     assert "ZeroDivisionError" in (out / "divide" / "run.log").read_text().splitlines()[-1]
     warnings = [line for line in result.stderr.splitlines() if line.startswith("WARNING")]
     assert len(warnings) == 2 and all("nb2task.progress: [" in w for w in warnings), warnings

@@ -53,13 +53,17 @@ def test_sources_files_folders_globs_and_s3_prefixes(tmp_path: Path, s3: Any, bu
         (folder / name).write_text("{}")
     for key in ("p/1.json", "p/2.json", "p/readme.md", "pq/3.json"):
         put_json(s3, bucket, key, {})
+    s3.put_object(Bucket=bucket, Key="p/", Body=b"")  # the S3 console's folder marker
+    put_json(s3, bucket, "odd/..", {})  # an object named as no file could be
     found = sources.expand(
         [
             str(folder / "b.json"),
             str(folder),  # the folder's *.json, sorted; b.json only once
             str(tmp_path / "**" / "c.json"),
             f"s3://{bucket}/p",  # a prefix: the .json objects under p/, not pq/
+            f"s3://{bucket}/p/",  # the same, though p/ is also an (empty) object
             f"s3://{bucket}/pq/3.json",
+            f"s3://{bucket}/odd/..",  # an object: itself, whatever its name
         ]
     )
     assert found == [
@@ -69,6 +73,7 @@ def test_sources_files_folders_globs_and_s3_prefixes(tmp_path: Path, s3: Any, bu
         f"s3://{bucket}/p/1.json",
         f"s3://{bucket}/p/2.json",
         f"s3://{bucket}/pq/3.json",
+        f"s3://{bucket}/odd/..",
     ]
     with pytest.raises(UsageError, match=r"no payload found at .*nothing-\*"):
         sources.expand([str(tmp_path / "nothing-*.json")])
@@ -105,6 +110,21 @@ def test_staging_keys_follow_cirrus_and_depend_on_the_content_only() -> None:
             "local path",
         ),
         (lambda p: p.pop("features"), "stactask.exceptions.InvalidInput: not a Cirrus process"),
+        # The id keys the staged payload: it must not climb out of tmp/batch/, nor land
+        # among nb2task's submission records (--resume reads those).
+        (
+            lambda p: p.update(id="../../elsewhere/x"),
+            "stactask.exceptions.InvalidInput: the payload id '../../elsewhere/x' cannot key",
+        ),
+        (
+            lambda p: p.update(id="a//b\x1b[2J"),
+            "stactask.exceptions.InvalidInput: the payload id 'a//b\\x1b[2J' cannot key",
+        ),
+        (
+            lambda p: p.update(id="nb2task/modes/fake-submission"),
+            "stactask.exceptions.InvalidInput: the payload id 'nb2task/modes/fake-submission' "
+            "cannot start with 'nb2task/'",
+        ),
     ],
 )
 def test_staging_rejects_what_a_run_would_reject(
