@@ -12,6 +12,7 @@ values, like ``KEY_COUNT=3``, would redact innocent text).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import re
@@ -50,15 +51,28 @@ def redact_notebook(node: Any, found: dict[str, str] | None = None) -> None:
         _walk(node, found)
 
 
+def appears_in(text: str, found: dict[str, str]) -> bool:
+    """Whether a secret value is in ``text``, as it is or as JSON escapes it (``text``
+    may be a notebook's JSON): a quick test before walking a whole notebook."""
+    return any(
+        value in text or json.dumps(value, ensure_ascii=False)[1:-1] in text for value in found
+    )
+
+
 def _walk(value: Any, found: dict[str, str]) -> Any:
     if isinstance(value, str):
         return redact(value, found)
+    # Only what changed is assigned: a notebook node converts every value assigned to it.
     if isinstance(value, dict):
-        for key in list(value):
-            value[key] = _walk(value[key], found)
+        for key, element in value.items():
+            redacted = _walk(element, found)
+            if redacted is not element:
+                value[key] = redacted
     elif isinstance(value, list):
         for index, element in enumerate(value):
-            value[index] = _walk(element, found)
+            redacted = _walk(element, found)
+            if redacted is not element:
+                value[index] = redacted
     return value
 
 

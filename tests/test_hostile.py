@@ -953,6 +953,24 @@ def test_secrets_stay_out_of_the_record_and_the_logs(
         assert SECRET.encode() not in s3.get_object(Bucket=bucket, Key=key)["Body"].read()
 
 
+def test_a_secret_is_found_in_a_notebooks_json_as_json_escapes_it() -> None:
+    """Saves test the notebook's JSON before walking it: a secret with a quote or a
+    backslash is there only in its escaped form, and must still be found."""
+    import nbformat
+
+    from nb2task.redact import appears_in, redact_notebook
+
+    secret = 'pa"ss\\word-1234'
+    found = {secret: "DB_PASSWORD"}
+    output = nbformat.v4.new_output("stream", name="stdout", text=f"it is {secret}\n")
+    nb = nbformat.v4.new_notebook(cells=[nbformat.v4.new_code_cell("x", outputs=[output])])
+    text = json.dumps(nb, ensure_ascii=False)
+    assert secret not in text and appears_in(text, found)
+    assert not appears_in(json.dumps(nbformat.v4.new_notebook()), found)
+    redact_notebook(nb, found)
+    assert nb.cells[0].outputs[0].text == "it is [REDACTED:DB_PASSWORD]\n"
+
+
 def test_an_explicit_empty_output_ends_a_run_early(engine: str, tmp_path: Path) -> None:
     """``emit([])`` then ``sys.exit(0)``: a run that says it has nothing to emit succeeds."""
     notebook = write_notebook(
