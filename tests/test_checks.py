@@ -192,14 +192,24 @@ def test_schema_accepts_what_cirrus_does() -> None:
     check_payload(Payload(make_payload(features=[item])))
 
 
-@pytest.mark.parametrize("count", [1, 30], ids=["jsonschema", "compiled"])
+@pytest.mark.parametrize(
+    ("count", "shipped"),
+    [(1, False), (30, False), (1, True)],
+    ids=["jsonschema", "compiled", "shipped"],
+)
 def test_schema_error_message_is_the_same_for_many_items(
-    count: int, monkeypatch: pytest.MonkeyPatch
+    count: int, shipped: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Past validation.COMPILE_FROM_ITEMS items, a compiled validator runs first; the
-    message still comes from jsonschema and names the item."""
+    """The validator generated ahead of time (nb2task/item_schema.py) runs first; without
+    it (another pystac), past validation.COMPILE_FROM_ITEMS items one compiled at run
+    time does. The message always comes from jsonschema and names the item."""
     assert count == 1 or count >= validation.COMPILE_FROM_ITEMS
     monkeypatch.setattr(validation, "_compiled", {})  # no compiled schema yet
+    calls: list[Any] = []
+    ahead = validation._shipped_validator()
+    assert ahead is not None
+    watched = lambda candidate: calls.append(candidate) or ahead(candidate)  # noqa: E731
+    monkeypatch.setattr(validation, "_shipped_validator", lambda: watched if shipped else None)
     items = [sample_item(f"i{n}") for n in range(count)]
     items[-1]["bbox"] = []
     with pytest.raises(InvalidItemError) as raised:
@@ -208,7 +218,21 @@ def test_schema_error_message_is_the_same_for_many_items(
         f"emitted item {count - 1} (id 'i{count - 1}') is not a valid STAC item: "
         "bbox: [] is too short"
     )
-    assert ("item" in validation._compiled) == (count >= validation.COMPILE_FROM_ITEMS)
+    assert len(calls) == (count if shipped else 0)
+    compiled = not shipped and count >= validation.COMPILE_FROM_ITEMS
+    assert ("item" in validation._compiled) == compiled
+
+
+def test_the_shipped_item_schema_is_the_installed_pystacs() -> None:
+    """nb2task/item_schema.py is what generating it now gives: after upgrading pystac or
+    fastjsonschema, regenerate it (validation.write_item_schema())."""
+    assert validation.GENERATED.read_text(encoding="utf-8") == validation.item_schema_source(), (
+        "nb2task/item_schema.py is stale: python -c "
+        '"import nb2task.validation as v; v.write_item_schema()"'
+    )
+    assert validation._shipped() is not None
+    good = validation._candidate(sample_item("ok"))
+    assert validation._shipped_validator()(good) == good
 
 
 def test_check_items_raises_the_error_it_is_given() -> None:
