@@ -10,7 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 PR_SET_CHILD_SUBREAPER = 36
 
@@ -65,9 +65,15 @@ def kill_below(root: int, spare: Iterable[int] = (), reap: bool = False) -> int:
     rounds in case one forks meanwhile; reap those that are our children if ``reap``.
     The number killed."""
     spare = set(spare)
+    return _kill_in_rounds(lambda: below(root, spare), reap)
+
+
+def _kill_in_rounds(find: Callable[[], list[int]], reap: bool = False) -> int:
+    """SIGKILL what ``find`` finds until it finds nothing (5 rounds at most: a process
+    may fork while we kill); reap them if they are our children. The number killed."""
     killed = 0
     for _ in range(5):
-        pids = below(root, spare)
+        pids = find()
         if not pids:
             break
         for pid in pids:
@@ -89,8 +95,8 @@ RUN_MARK = "NB2TASK_RUN_MARK"
 def kill_marked(mark: str) -> int:
     """SIGKILL every process whose environment carries ``RUN_MARK=mark``; the number killed."""
     needle = f"{RUN_MARK}={mark}".encode()
-    killed = 0
-    for _ in range(5):
+
+    def marked() -> list[int]:
         pids = []
         for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
             if entry.isdigit() and int(entry) != os.getpid():
@@ -100,10 +106,6 @@ def kill_marked(mark: str) -> int:
                             pids.append(int(entry))
                 except OSError:
                     continue
-        if not pids:
-            break
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-    return killed
+        return pids
+
+    return _kill_in_rounds(marked)
