@@ -44,7 +44,7 @@ def main() -> None:
         from nb2task import lambda_function
 
         history = list(lambda_function._runner().executor.history)[-count:]
-        private = [(h.get("private_kb") or 0) + (h.get("leader_private_kb") or 0) for h in history]
+        private = [h.get("private_kb") or 0 for h in history]
         result["private_kb_per_payload"] = statistics.median(private) if private else None
     print(json.dumps(result))
 

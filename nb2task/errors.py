@@ -10,11 +10,14 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
 if TYPE_CHECKING:
     from stactask.exceptions import InvalidInput
 
 __all__ = [
     "EXIT_FAILED",
+    "EXIT_INTERRUPTED",
     "EXIT_INVALID_INPUT",
     "EXIT_TERMINATED",
     "EXIT_USAGE",
@@ -42,6 +45,7 @@ __all__ = [
 EXIT_FAILED = 1  # the task ran and failed (notebook raised, bad emitted items, I/O)
 EXIT_USAGE = 2  # the command line or the notebook file itself is wrong
 EXIT_INVALID_INPUT = 3  # the payload or its parameters are invalid
+EXIT_INTERRUPTED = 130  # stopped by SIGINT, Ctrl-C (the shell's 128 + 2)
 EXIT_TERMINATED = 143  # stopped by SIGTERM (the shell's 128 + 15)
 
 # Exceptions a notebook may raise whose meaning Cirrus knows: the kernel reports
@@ -89,8 +93,9 @@ class OutputError(Nb2TaskError):
     """The output payload could not be written."""
 
 
-class RunTimeoutError(Nb2TaskError):
-    """The notebook (or one cell) ran longer than its timeout."""
+class RunTimeoutError(Nb2TaskError, CellTimeoutError):
+    """The notebook (or one cell) ran longer than its timeout (an nbclient
+    CellTimeoutError, as code written for papermill expects)."""
 
 
 class NotebookExitedEarly(Nb2TaskError):
@@ -98,8 +103,9 @@ class NotebookExitedEarly(Nb2TaskError):
     an empty output must be said with ``emit([])``)."""
 
 
-class NotebookDiedError(Nb2TaskError):
-    """The process running the notebook died (a signal, ``os._exit``, out of memory)."""
+class NotebookDiedError(Nb2TaskError, DeadKernelError):
+    """The process running the notebook died (a signal, ``os._exit``, out of memory), or
+    could not start (an nbclient DeadKernelError, as code written for papermill expects)."""
 
 
 class Terminated(Nb2TaskError):
@@ -200,8 +206,8 @@ def with_dotted_name(exc: Exception) -> Exception:
     if type(exc).__name__ == name:
         return exc
     # "builtins": a traceback then prints the dotted name once, not module + name.
-    renamed = type(name, (type(exc),), {"__module__": "builtins"})
-    clone: Exception = Exception.__new__(renamed)
+    renamed: type[Exception] = type(name, (type(exc),), {"__module__": "builtins"})
+    clone = renamed.__new__(renamed)  # the class's own __new__: OSError has one of its own
     clone.__dict__.update(exc.__dict__)
     clone.args = (error_message(exc),)
     return clone
@@ -234,4 +240,6 @@ def exit_code(exc: BaseException) -> int:
         return EXIT_USAGE
     if isinstance(exc, Terminated):
         return EXIT_TERMINATED
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
     return EXIT_FAILED

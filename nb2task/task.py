@@ -129,7 +129,6 @@ class NotebookTask(Task):
         self.log_output = log_output
         self.require_items = require_items
         self.payload_record = payload_record or payload_section(None, dict(self.payload))
-        self.execution_stats: dict[str, Any] = {}
 
     def validate(self) -> bool:
         """stactask's hook: the payload's structure, and its items' STAC schema unless
@@ -193,7 +192,6 @@ class NotebookTask(Task):
             if error.dotted_name == "stactask.exceptions.InvalidInput":
                 raise InvalidInput(str(error)) from error
             raise error from None
-        self.execution_stats = execution.stats
         if execution.stopped_at is not None:
             if not execution.emit_calls:
                 raise NotebookExitedEarly(

@@ -106,7 +106,7 @@ def normalise(nb: Any) -> list[Any]:
                 output["traceback"] = [
                     frame
                     for frame in output["traceback"]
-                    if "ipykernel/kernelbase.py" not in frame and "engines/child.py" not in frame
+                    if "ipykernel/kernelbase.py" not in frame and "engines/shell.py" not in frame
                 ]
         text = json.dumps(outputs, sort_keys=True)
         text = re.sub(r"0x[0-9a-f]{6,}", "0x…", text)

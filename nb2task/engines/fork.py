@@ -1,39 +1,37 @@
-"""The fork engine, seen from the task: each payload runs in processes forked from a
-warm parent, started once and kept.
+"""The fork engine, seen from the task: each payload runs in a child forked from a warm
+parent, started once and kept.
 
-Per payload, the warm parent (``zygote``) forks a run leader (``leader``), which forks
-the child that runs the cells (``child``). The leader drives papermill and writes the
-executed notebook; user code runs only in the child, so it can neither corrupt the
-notebook nor leak into the next payload (globals, patched modules, environment,
-``sys.modules``, working directory). This process only sends the run and relays what
-comes back: log records, then the outcome and the emitted items. It never imports
-IPython, papermill or nbformat, which keeps a cold start close to stactask's own.
+The task's process drives papermill (``nb2task.engines.driver``) against the child, as
+nbclient drives a kernel (``nb2task.engines.fork_client``): it alone writes the executed
+notebook. User code runs only in the child, so it can neither corrupt the record nor leak
+into the next payload (globals, patched modules, environment, ``sys.modules``, working
+directory).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import socket
 import threading
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from . import EMIT_DIR_ENV, Execution, Executor, Limits, emit_folder, protocol
-from .zygote import ZygoteGone, ZygoteProcess
+from .executor import Execution, Executor, Limits
+from .fork_client import Child, ChildDidNotStart
+from .warm_parent import WarmParent, WarmParentGone
+
+if TYPE_CHECKING:
+    from papermill.exceptions import PapermillExecutionError
+
+    from ..errors import NotebookCellError
 
 logger = logging.getLogger(__name__)
 
-# How long past its own time limits a run may take before its leader is presumed stuck.
-LEADER_GRACE_S = 60
-
 
 class ForkExecutor(Executor):
-    """Runs each payload in processes forked from a warm parent."""
+    """Runs each payload in a child forked from a warm parent."""
 
     name = "fork"
-    papermill_engine = "nb2task-fork"
 
     def __init__(
         self,
@@ -42,37 +40,45 @@ class ForkExecutor(Executor):
         language: str = "python",
     ) -> None:
         super().__init__(notebook_path, kernel_name, language)
-        self._zygote: ZygoteProcess | None = None
+        self._parent: WarmParent | None = None
         self._lock = threading.Lock()
+        self._children: set[Child] = set()  # in flight
 
     def prepare(self) -> None:
-        self._warm_parent(wait=False)
+        self._warm_parent()
+        # The driver's imports (papermill, nbformat), here, while the warm parent warms up.
+        from . import driver  # noqa: F401
 
-    def _warm_parent(self, wait: bool = True) -> ZygoteProcess:
+    def _warm_parent(self) -> WarmParent:
         """The warm parent; a new one if there is none yet or the last one died."""
         with self._lock:
-            if self._zygote is not None and not self._zygote.alive:
-                notice = self._zygote.death_notice()
-                logger.warning("the warm parent died (%s): starting a new one", notice)
-                self._zygote.close()
-                self._zygote = None
-            if self._zygote is None:
-                self._zygote = ZygoteProcess(self.notebook_path)
-            zygote = self._zygote
-        if wait:
-            zygote.wait_ready()
-        return zygote
-
-    def close(self) -> None:
-        with self._lock:
-            zygote, self._zygote = self._zygote, None
-        if zygote is not None:
-            zygote.close()
+            if self._parent is not None and not self._parent.alive:
+                logger.warning(
+                    "the warm parent died (%s): starting a new one", self._parent.death_notice()
+                )
+                self._parent.close()
+                self._parent = None
+            if self._parent is None:
+                self._parent = WarmParent(self.notebook_path)
+            return self._parent
 
     @property
     def warm_info(self) -> dict[str, Any]:
         """What the warm parent reported when ready (imports, threads, seconds)."""
-        return dict(self._zygote.info) if self._zygote is not None else {}
+        info = self._parent.info if self._parent is not None else None
+        return info.to_wire() if info is not None else {}
+
+    def close(self) -> None:
+        with self._lock:
+            parent, self._parent = self._parent, None
+        if parent is not None:
+            parent.close()
+
+    def _kill_runs(self) -> None:
+        with self._lock:
+            children = list(self._children)
+        for child in children:
+            child.warm_parent.kill(child.run_id)
 
     def execute(
         self,
@@ -85,113 +91,66 @@ class ForkExecutor(Executor):
         log_output: bool = True,
         record_metadata: dict[str, Any] | None = None,
     ) -> Execution:
+        from papermill.exceptions import PapermillExecutionError
+
+        from ..harvest import emit_folder, harvest
+        from ..runtime import EMIT_DIR_ENV
+        from . import driver, papermill_engines
+
         started = time.perf_counter()
+        stats: dict[str, Any] = {"engine": self.name}
         with emit_folder() as emit_dir:
-            request = {
-                "notebook": node,
-                "parameters": parameters,
-                "output_path": str(output_path),
-                "notebook_path": str(self.notebook_path or ""),
-                "cwd": str(cwd),
-                "env": {EMIT_DIR_ENV: str(emit_dir)},
-                "emit_dir": str(emit_dir),
-                "cell_timeout": limits.cell_timeout,
-                "timeout": limits.timeout,
-                "log_output": log_output,
-                "log_level": logging.getLogger().getEffectiveLevel(),
-                "kernel_name": self.kernel_name,
-                "language": self.language,
-                "record_metadata": record_metadata,
-            }
-            outcome = self._run(request, limits)
-            _timeline(outcome.get("stats"), request.get("sent"))
-        execution = _result(outcome, time.perf_counter() - started)
-        self.history.append(execution.stats)
-        return execution
-
-    def _run(self, request: dict[str, Any], limits: Limits) -> dict[str, Any]:
-        """Have a run leader forked, send it the run, relay its logs; its outcome."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        try:
+            child = self._child(str(cwd), {EMIT_DIR_ENV: str(emit_dir)})
+            stats["fork_ms"] = round((time.perf_counter() - started) * 1000, 2)
+            with self._lock:
+                self._children.add(child)
             try:
-                zygote = self._warm_parent()
-                run_id, _ = zygote.start("run", theirs, wait=False)
-            except ZygoteGone:
-                zygote = self._warm_parent()  # one more try: no notebook code ran yet
-                run_id, _ = zygote.start("run", theirs, wait=False)
-        finally:
-            theirs.close()
-        finished = False
-        try:
-            request["sent"] = time.monotonic()
-            protocol.send(ours, request)
-            reader = protocol.Reader(ours)
-            deadline = (
-                time.monotonic() + limits.timeout + LEADER_GRACE_S if limits.timeout else None
-            )
-            while True:
-                message = reader.read(deadline)
-                if message.get("op") == "log":
-                    logging.getLogger(str(message["name"])).log(
-                        int(message["level"]), "%s", message["message"]
-                    )
-                elif message.get("op") == "result":
-                    finished = True
-                    zygote.forget(run_id)  # it exits by itself, its child already gone
-                    return message
-        except (protocol.ChannelClosed, protocol.ChannelTimeout):
-            zygote.kill(run_id)
-            ended = zygote.wait_exit(run_id)
-            finished = True
-            return {
-                "status": "error",
-                "kind": "NotebookDiedError",
-                "message": f"the notebook's run process died ({ended})",
-            }
-        finally:
-            if not finished:  # interrupted (SIGTERM): stop the run with us
-                with contextlib.suppress(Exception):
-                    zygote.kill(run_id)
-                    zygote.wait_exit(run_id)
-            ours.close()
+                executed = driver.execute(
+                    node,
+                    parameters,
+                    engine_name=papermill_engines.FORK_ENGINE,
+                    output_path=output_path,
+                    notebook_path=self.notebook_path,
+                    kernel_name=self.kernel_name,
+                    language=self.language,
+                    record_metadata=record_metadata,
+                    log_output=log_output,
+                    cell_timeout=limits.cell_timeout,
+                    run_timeout=limits.timeout,
+                    child=child,
+                    stopping=self.stopping,
+                    run_stats=stats,
+                )
+            except PapermillExecutionError as err:
+                raise cell_error(err) from None
+            finally:
+                with self._lock:
+                    self._children.discard(child)
+            found = harvest(executed, emit_dir)
+        stats["seconds"] = round(time.perf_counter() - started, 4)
+        self.history.append(stats)
+        return Execution(executed, found["items"], stats, found["emit_calls"], found["stopped_at"])
+
+    def _child(self, cwd: str, env: dict[str, str]) -> Child:
+        """A started child; a dead warm parent is replaced once (no notebook code ran)."""
+        from ..errors import NotebookDiedError
+
+        for attempt in range(2):
+            parent = self._warm_parent()
+            try:
+                child = parent.fork(cwd, env)
+                child.start()
+                return child
+            except (WarmParentGone, ChildDidNotStart) as err:
+                if attempt or parent.alive:
+                    raise NotebookDiedError(
+                        f"the notebook's process did not start: {err}"
+                    ) from None
+        raise AssertionError("unreachable")
 
 
-def _timeline(stats: dict[str, Any] | None, sent: float | None) -> None:
-    """Where a run's time went, in ms (all processes share the monotonic clock): the
-    leader's fork, the child's fork, and the rest (cells, papermill, harvest)."""
-    if not stats or sent is None:
-        return
-    received, ready = stats.pop("received", None), stats.pop("child_ready", None)
-    if received is not None:
-        stats["fork_leader_ms"] = round((received - sent) * 1000, 2)
-        if ready is not None:
-            stats["fork_child_ms"] = round((ready - received) * 1000, 2)
+def cell_error(err: PapermillExecutionError) -> NotebookCellError:
+    """papermill's error for a cell that raised, as nb2task's."""
+    from ..errors import NotebookCellError
 
-
-def _result(outcome: dict[str, Any], seconds: float) -> Execution:
-    """The leader's outcome as an Execution, or as the error it reports."""
-    from .. import errors
-
-    status = outcome.get("status")
-    if status == "ok":
-        stats = {"engine": "fork", "seconds": round(seconds, 4), **(outcome.get("stats") or {})}
-        stopped = outcome.get("stopped_at")
-        return Execution(
-            None,
-            list(outcome.get("items") or []),
-            stats,
-            int(outcome.get("emit_calls") or 0),
-            int(stopped) if stopped is not None else None,
-        )
-    if status == "cell-error":
-        raise errors.NotebookCellError(
-            str(outcome["ename"]),
-            str(outcome["evalue"]),
-            int(outcome["cell_index"]),
-            outcome.get("exec_count"),
-            str(outcome.get("source") or ""),
-        )
-    error_class = getattr(errors, str(outcome.get("kind")), errors.Nb2TaskError)
-    if not (isinstance(error_class, type) and issubclass(error_class, errors.Nb2TaskError)):
-        error_class = errors.Nb2TaskError
-    raise error_class(str(outcome.get("message") or "the notebook's run failed"))
+    return NotebookCellError(err.ename, err.evalue, err.cell_index, err.exec_count, err.source)

@@ -2,27 +2,31 @@
 
 Kernels start in the background (``prepare``) so that one boots while the payload's
 assets download; a warm process can keep a fresh spare ready for the next payload.
-Each payload gets its own kernel, shut down in the background once its notebook is
-saved. Chosen with ``--engine kernel``, and for notebooks whose kernel is not Python.
+Each payload gets its own kernel, shut down once its notebook is saved. Chosen with
+``--engine kernel``, and for notebooks whose kernel is not Python.
+
+A kernel dies with the task's process, and is a subreaper: what the notebook starts
+stays below it, however it escapes (a new session, a double fork), and is swept before
+the kernel is shut down; a mark in the environment finds what left the tree altogether.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-import contextlib
 import logging
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import EMIT_DIR_ENV, Execution, Executor, Limits, describe_exit, processes
+from . import processes
+from .executor import Execution, Executor, Limits, describe_exit
 
 logger = logging.getLogger(__name__)
 
@@ -33,6 +37,13 @@ BOOT_TIMEOUT_S = 60
 # no name bound in the notebook's namespace; the notebook's own imports then find
 # these modules loaded. (Failures are ignored: the notebook will report its own.)
 PREIMPORT = "[__import__('importlib').import_module(m) for m in ('nb2task.runtime', 'pystac')]"
+
+
+def _in_the_kernel_process() -> None:
+    """Between fork and exec of a kernel: die with the thread that starts it, and keep
+    what the notebook starts below the kernel (a subreaper)."""
+    processes.die_with_parent(signal.SIGKILL)
+    processes.become_subreaper()
 
 
 class KernelLauncher:
@@ -83,6 +94,8 @@ class KernelLauncher:
     def _start(self, cwd: Path) -> Any:
         from jupyter_client.manager import AsyncKernelManager
 
+        from ..runtime import EMIT_DIR_ENV
+
         # IPC (unix sockets) rather than TCP: nothing listens on the network. The
         # socket path must be absolute: the kernel's cwd is not ours. The same private
         # folder receives the items the notebook emits.
@@ -104,7 +117,11 @@ async def _boot(km: Any, cwd: Path, env: dict[str, str]) -> None:
     # What the kernel writes to its own stdout/stderr (C libraries, subprocesses) is
     # not ours to print: our stdout may carry the output payload.
     await km.start_kernel(
-        cwd=str(cwd), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        cwd=str(cwd),
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_in_the_kernel_process,
     )
     client = km.client()
     client.start_channels()
@@ -123,9 +140,22 @@ def private_dir(km: Any) -> Path:
     return Path(os.path.dirname(km.ip))
 
 
+def kernel_pid(km: Any) -> int | None:
+    process = getattr(getattr(km, "provisioner", None), "process", None)
+    return getattr(process, "pid", None)
+
+
+def sweep(km: Any) -> None:
+    """Kill what the notebook started: below the kernel (a subreaper), and by mark."""
+    pid = kernel_pid(km)
+    if pid is not None:
+        processes.kill_tree(pid)
+    processes.kill_marked(private_dir(km).name)
+
+
 def shutdown(km: Any) -> None:
-    """Stop a kernel at once (its process group with it), and whatever it started that
-    escaped the group: its notebook is saved."""
+    """Stop a kernel at once, and whatever it started: its notebook is saved."""
+    sweep(km)
     try:
         asyncio.run(km.shutdown_kernel(now=True))
     except Exception as err:  # noqa: BLE001 - a kernel that will not die is killed below
@@ -136,21 +166,17 @@ def shutdown(km: Any) -> None:
 
 
 def kill(km: Any) -> None:
-    """Kill the kernel's process group: the running cell ends, nbclient sees a dead kernel."""
-    process = getattr(getattr(km, "provisioner", None), "process", None)
-    if process is None:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(process.pid, 9)
-    with contextlib.suppress(ProcessLookupError):
-        process.kill()
+    """Kill the kernel and all below it: the running cell ends, nbclient sees a dead kernel."""
+    pid = kernel_pid(km)
+    if pid is not None:
+        processes.kill_tree(pid, include_root=True)
+        processes.kill_group(pid)
 
 
 class KernelExecutor(Executor):
     """Runs each payload on a fresh Jupyter kernel."""
 
     name = "kernel"
-    papermill_engine = "nb2task-kernel"
 
     def __init__(
         self,
@@ -160,6 +186,8 @@ class KernelExecutor(Executor):
     ) -> None:
         super().__init__(notebook_path, kernel_name, language)
         self.launcher = KernelLauncher(kernel_name)
+        self._lock = threading.Lock()
+        self._kernels: set[Any] = set()  # in flight
 
     @property
     def keep_spare(self) -> bool:
@@ -172,9 +200,16 @@ class KernelExecutor(Executor):
     def prepare(self) -> None:
         if self.notebook_path is not None:
             self.launcher.prestart(self.notebook_path.parent)
+        from . import driver  # noqa: F401 - papermill's imports, while the kernel boots
 
     def close(self) -> None:
         self.launcher.discard()
+
+    def _kill_runs(self) -> None:
+        with self._lock:
+            kernels = list(self._kernels)
+        for km in kernels:
+            kill(km)
 
     def execute(
         self,
@@ -187,77 +222,76 @@ class KernelExecutor(Executor):
         log_output: bool = True,
         record_metadata: dict[str, Any] | None = None,
     ) -> Execution:
-        import nbformat
-        import papermill
         from papermill.exceptions import PapermillExecutionError
 
-        from ..errors import NotebookCellError
-        from . import harvest, papermill_registry
-
-        registry = papermill_registry()
-        registry.use_schema_translator()
+        from ..harvest import harvest
+        from . import driver, papermill_engines
+        from .fork import cell_error
 
         stats: dict[str, Any] = {"engine": self.name}
         started = time.perf_counter()
-        with self._session(cwd, limits, stats) as (engine_kwargs, emit_dir):
-            try:
-                executed = papermill.execute_notebook(
-                    nbformat.from_dict(node),  # type: ignore[no-untyped-call]
-                    str(output_path),
-                    parameters=parameters,
-                    engine_name=self.papermill_engine,
-                    kernel_name=self.kernel_name,
-                    language=self.language,
-                    progress_bar=False,
-                    log_output=log_output,
-                    execution_timeout=limits.cell_timeout,
-                    notebook_path=str(self.notebook_path or ""),
-                    record_metadata=record_metadata,
-                    **engine_kwargs,
-                )
-            except PapermillExecutionError as err:
-                raise NotebookCellError(
-                    err.ename, err.evalue, err.cell_index, err.exec_count, err.source
-                ) from None
-            found = harvest(executed, emit_dir)
-        stats["seconds"] = round(time.perf_counter() - started, 4)
-        self.history.append(stats)
-        return Execution(executed, found["items"], stats, found["emit_calls"], found["stopped_at"])
-
-    @contextlib.contextmanager
-    def _session(
-        self, cwd: Path, limits: Limits, stats: dict[str, Any]
-    ) -> Iterator[tuple[dict[str, Any], Path]]:
-        from nbclient.exceptions import CellTimeoutError, DeadKernelError
-
-        from ..errors import NotebookDiedError, RunTimeoutError
-
         km = self.launcher.take(cwd)
-        stats["pid"] = getattr(getattr(km.provisioner, "process", None), "pid", None)
+        stats["pid"] = kernel_pid(km)
+        with self._lock:
+            self._kernels.add(km)
         watchdog = threading.Timer(limits.timeout, self._time_up, (km,)) if limits.timeout else None
         if watchdog:
             watchdog.daemon = True
             watchdog.start()
         try:
-            yield {"km": km}, private_dir(km) / "emitted"
-        except CellTimeoutError:
-            raise RunTimeoutError(
-                f"a notebook cell ran longer than {limits.cell_timeout:g} s"
-            ) from None
-        except DeadKernelError:
-            if watchdog and watchdog.finished.is_set():
-                raise RunTimeoutError(
-                    f"the notebook ran longer than {limits.timeout:g} s"
-                ) from None
-            process = getattr(km.provisioner, "process", None)
-            ended = describe_exit(process.poll() if process is not None else None)
-            raise NotebookDiedError(f"the notebook's kernel died ({ended})") from None
+            executed = driver.execute(
+                node,
+                parameters,
+                engine_name=papermill_engines.KERNEL_ENGINE,
+                output_path=output_path,
+                notebook_path=self.notebook_path,
+                kernel_name=self.kernel_name,
+                language=self.language,
+                record_metadata=record_metadata,
+                log_output=log_output,
+                cell_timeout=limits.cell_timeout,
+                error_for=lambda error: self._error_for(error, km, limits, watchdog),
+                km=km,
+            )
+            found = harvest(executed, private_dir(km) / "emitted")
+        except PapermillExecutionError as err:
+            raise cell_error(err) from None
         finally:
             if watchdog:
                 watchdog.cancel()
+            with self._lock:
+                self._kernels.discard(km)
             # The kernel and all it started, now: the run must leave nothing running.
-            processes.kill_marked(private_dir(km).name)
+            sweep(km)
             self.launcher.retire(km)
+        stats["seconds"] = round(time.perf_counter() - started, 4)
+        self.history.append(stats)
+        return Execution(executed, found["items"], stats, found["emit_calls"], found["stopped_at"])
+
+    def _error_for(
+        self, error: BaseException, km: Any, limits: Limits, watchdog: threading.Timer | None
+    ) -> BaseException:
+        """What stopped the run, in nb2task's words (nbclient's timeout and dead kernel
+        as RunTimeoutError and NotebookDiedError); an interrupt kills the kernel now."""
+        from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+        from ..errors import NotebookDiedError, RunTimeoutError
+
+        if isinstance(error, RunTimeoutError | NotebookDiedError):
+            return error
+        if isinstance(error, CellTimeoutError):
+            return RunTimeoutError(f"a notebook cell ran longer than {limits.cell_timeout:g} s")
+        if isinstance(error, DeadKernelError):
+            stop = self.stopping()
+            if stop is not None:
+                return stop
+            if watchdog is not None and watchdog.finished.is_set():
+                return RunTimeoutError(f"the notebook ran longer than {limits.timeout:g} s")
+            process = getattr(km.provisioner, "process", None)
+            ended = describe_exit(process.poll() if process is not None else None)
+            return NotebookDiedError(f"the notebook's kernel died ({ended})")
+        kill(km)  # interrupted (Ctrl-C, SIGTERM) or broken: the kernel ends with us, now
+        return error
 
     @staticmethod
     def _time_up(km: Any) -> None:

@@ -1,29 +1,51 @@
-"""Processes a run leaves behind, found and killed (Linux; elsewhere nothing is found).
+"""The lifetime of a run's processes (Linux; elsewhere these do nothing).
 
-A run's processes are killed when it ends: its process group, and anything that escaped
-to a session of its own. Such an escapee, once its parent dies, comes back to the
-nearest ancestor that is a subreaper; ``kill_below`` then finds it under that process.
+Nothing a run starts may outlive it, whatever stops nb2task. Three mechanisms, each
+cheap, together covering every way out:
+
+- a parent-death signal (``die_with_parent``): the warm parent dies with the task's
+  process, a child with its warm parent, a kernel with the task's process;
+- subreapers (``become_subreaper``): a process that escapes to a session of its own comes
+  back, when orphaned, to the nearest subreaper above it instead of to init, so it is
+  still found in the process tree below that subreaper;
+- the sweep (``kill_tree``): SIGKILL every process below a root, in rounds, since one may
+  fork while we kill. A mark in the environment (``RUN_MARK``) finds what left the tree
+  altogether (a kernel is not our fork).
+
+The single place where nb2task sends SIGKILL.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import signal
 from collections.abc import Callable, Iterable
 
+PR_SET_PDEATHSIG = 1
 PR_SET_CHILD_SUBREAPER = 36
 
+try:
+    _prctl: Callable[..., int] | None = ctypes.CDLL(None, use_errno=True).prctl
+except (OSError, AttributeError):  # not Linux
+    _prctl = None
 
-def set_child_subreaper() -> bool:
-    """Orphaned descendants come back to this process instead of init (Linux)."""
-    try:
-        import ctypes
 
-        libc = ctypes.CDLL(None, use_errno=True)
-        return bool(libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0)
-    except (OSError, AttributeError):
+def die_with_parent(sig: int = signal.SIGKILL, parent: int | None = None) -> bool:
+    """Have the kernel send ``sig`` to this process when its parent (the thread that
+    started it) ends. If ``parent`` (the pid it should have) is already gone, exit now:
+    the signal would never come. True if set."""
+    if _prctl is None or _prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0) != 0:
         return False
+    if parent is not None and os.getppid() != parent:
+        os._exit(1)
+    return True
+
+
+def become_subreaper() -> bool:
+    """Orphaned descendants come back to this process instead of init."""
+    return _prctl is not None and _prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) == 0
 
 
 def process_tree() -> dict[int, list[int]]:
@@ -60,35 +82,46 @@ def below(root: int, spare: Iterable[int] = ()) -> list[int]:
     return found
 
 
-def kill_below(root: int, spare: Iterable[int] = (), reap: bool = False) -> int:
-    """SIGKILL every process below ``root`` (but the ``spare`` children's trees), a few
-    rounds in case one forks meanwhile; reap those that are our children if ``reap``.
-    The number killed."""
-    spare = set(spare)
-    return _kill_in_rounds(lambda: below(root, spare), reap)
+def kill_tree(root: int, spare: Iterable[int] = (), *, include_root: bool = False) -> int:
+    """SIGKILL every process below ``root`` (but the ``spare`` children's trees), and
+    ``root`` itself if ``include_root``. The number killed."""
+    spared = set(spare)
+    killed = _kill_in_rounds(lambda: below(root, spared))
+    if include_root:
+        killed += kill(root)
+    return killed
 
 
-def _kill_in_rounds(find: Callable[[], list[int]], reap: bool = False) -> int:
+def kill(pid: int) -> int:
+    """SIGKILL one process; 1 if it was there to kill."""
+    try:
+        os.kill(pid, signal.SIGKILL)
+        return 1
+    except (ProcessLookupError, PermissionError):
+        return 0
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL a process group. (Its id stays reserved while a member lives, so this
+    cannot reach an unrelated process.)"""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pgid, signal.SIGKILL)
+
+
+def _kill_in_rounds(find: Callable[[], list[int]]) -> int:
     """SIGKILL what ``find`` finds until it finds nothing (5 rounds at most: a process
-    may fork while we kill); reap them if they are our children. The number killed."""
+    may fork while we kill). The number killed."""
     killed = 0
     for _ in range(5):
         pids = find()
         if not pids:
             break
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.kill(pid, signal.SIGKILL)
-                killed += 1
-        if reap:
-            for pid in pids:
-                with contextlib.suppress(ChildProcessError):
-                    os.waitpid(pid, 0)
+        killed += sum(kill(pid) for pid in pids)
     return killed
 
 
-# Set in the environment of everything a kernel runs: what outlives the kernel is found
-# by it, wherever it went (a kernel is not our fork, so no subreaper sees its orphans).
+# Set in the environment of everything a kernel runs: what outlives the kernel and left
+# its tree is found by it (unless it cleared its environment).
 RUN_MARK = "NB2TASK_RUN_MARK"
 
 
@@ -109,3 +142,39 @@ def kill_marked(mark: str) -> int:
         return pids
 
     return _kill_in_rounds(marked)
+
+
+def reap_any() -> list[tuple[int, int]]:
+    """Collect every ended child of this process: (pid, wait status) each."""
+    ended = []
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        ended.append((pid, status))
+    return ended
+
+
+def native_threads() -> int:
+    """This process's threads as the OS counts them (C libraries' pools included)."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        import threading
+
+        return threading.active_count()
+
+
+def thread_names() -> list[str]:
+    """The names the OS knows this process's threads by (``jemalloc_bg_thd``, ...)."""
+    names = []
+    try:
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/comm", encoding="utf-8") as f:
+                names.append(f.read().strip())
+    except OSError:
+        pass
+    return names
