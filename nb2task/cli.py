@@ -451,10 +451,18 @@ def _from_manifest(args: argparse.Namespace) -> None:
     args.input, args.output = manifest.entry(args.manifest, manifest.array_index(os.environ))
 
 
-def _on_sigterm(signum: int, frame: Any) -> None:
+def _stop_on(signum: int, frame: Any) -> None:
+    """SIGTERM (Batch: a job timeout or cancellation) and SIGINT (Ctrl-C) end the run the
+    same way: the exception unwinds it, the notebook's processes are killed, the record
+    says why and is kept, the last line too. Once: a second signal while the run ends
+    would cut the record's last save short."""
     from .errors import Terminated
 
-    raise Terminated("stopped by SIGTERM (job timeout or cancellation)")
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    if signum == signal.SIGTERM:
+        raise Terminated("stopped by SIGTERM (job timeout or cancellation)")
+    raise KeyboardInterrupt("stopped by SIGINT (Ctrl-C)")
 
 
 def _dispatch(args: argparse.Namespace) -> int:
@@ -462,9 +470,10 @@ def _dispatch(args: argparse.Namespace) -> int:
     from .runner import retry_storage_errors
 
     retry_storage_errors()
-    # Batch sends SIGTERM before it kills: unwind, so the record is kept and the last
-    # line still says what happened.
-    signal.signal(signal.SIGTERM, _on_sigterm)
+    # Batch sends SIGTERM before it kills, a terminal SIGINT: unwind, so the record is
+    # kept and the last line still says what happened.
+    signal.signal(signal.SIGTERM, _stop_on)
+    signal.signal(signal.SIGINT, _stop_on)
     display: progress.LiveDisplay | None = None
     try:
         if args.command == "run":
@@ -502,12 +511,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         if display is not None:
             display.finish(failed=False)
         return 0
-    except KeyboardInterrupt:
-        if display is not None:
-            display.finish(failed=True)
-        print("KeyboardInterrupt: interrupted", file=sys.stderr)
-        return 130
-    except Exception as err:  # noqa: BLE001 - every failure ends in one clean line
+    except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - one clean line each
         if display is not None:
             display.finish(failed=True)  # the status line goes before the error line
         return _report(err)
@@ -802,13 +806,13 @@ def _report_html(args: argparse.Namespace) -> None:
     print(html)
 
 
-def _report(err: Exception) -> int:
+def _report(err: BaseException) -> int:
     from stactask.exceptions import InvalidInput
 
     from .errors import Nb2TaskError, error_line, exit_code
     from .failure import context_lines
 
-    if not isinstance(err, Nb2TaskError | InvalidInput):
+    if not isinstance(err, Nb2TaskError | InvalidInput | KeyboardInterrupt):
         # An unexpected error: the traceback helps whoever debugs it.
         logging.getLogger("nb2task").exception("unexpected error")
     # Whatever could still log (kernels shutting down, kernel clients awaiting garbage

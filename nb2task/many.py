@@ -48,6 +48,10 @@ def run_many(
             for future in done:
                 future.result()  # _run_one records every failure in its row
             progress.update()
+    except BaseException as err:
+        # Interrupted (Ctrl-C, SIGTERM): the runs in flight end too, each with its record.
+        runner.executor.interrupt(err)
+        raise
     finally:
         # Interrupted (Ctrl-C, SIGTERM): the payloads not started never start; the status
         # line goes before the error line, and the summary says how far it got.
@@ -81,10 +85,10 @@ def _run_one(runner: Runner, row: Row, workdir: Path, options: RunOptions) -> No
                     options=options.replace(workdir=workdir),
                     origin=row.payload,
                 )
-            except Exception as err:
+            except (Exception, KeyboardInterrupt) as err:
                 logging.getLogger("nb2task").error("%s", error_line(err))  # the log's last line
                 raise
-    except Exception as err:  # noqa: BLE001 - each payload's failure is its own
+    except (Exception, KeyboardInterrupt) as err:  # noqa: BLE001 - each payload's own
         row.error = error_line(err)
         state = INVALID if exit_code(err) == EXIT_INVALID_INPUT else FAILED
     else:

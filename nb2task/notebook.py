@@ -166,31 +166,6 @@ def _str_list(value: Any, key: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True)
-class Peek:
-    """What must be known of a notebook before anything heavy is imported."""
-
-    engine: str | None
-    kernelspec: dict[str, Any]
-
-
-def peek(path: Path) -> Peek:
-    """The engine setting and kernelspec of a notebook, read as plain JSON (no nbformat,
-    no checks: ``Notebook.load`` reports a broken notebook)."""
-    if path.suffix != ".ipynb":
-        return Peek(None, {})
-    try:
-        metadata = json.loads(path.read_text(encoding="utf-8")).get("metadata", {})
-        settings = metadata.get(METADATA_KEY, {})
-        engine = settings.get("engine") if isinstance(settings, dict) else None
-        spec = metadata.get("kernelspec", {})
-        return Peek(
-            engine if engine in ENGINES else None, dict(spec) if isinstance(spec, dict) else {}
-        )
-    except (OSError, ValueError, AttributeError):
-        return Peek(None, {})
-
-
-@dataclass(frozen=True)
 class Notebook:
     """A notebook file, read once, with what nb2task needs to know of it."""
 
@@ -253,24 +228,65 @@ def _read(path: Path) -> dict[str, Any]:
     if not path.is_file():
         raise NotebookError(f"notebook not found: {path}")
     if path.suffix == ".py":
-        return _read_jupytext(path)
+        return _checked(_read_jupytext(path), path)
     try:
         node = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as err:
         raise NotebookError(f"cannot read notebook {path}: {err}") from None
     if not isinstance(node, dict) or node.get("nbformat") != 4:
-        return _read_with_nbformat(path)
-    cells = node.get("cells")
-    if not isinstance(cells, list) or not all(
-        isinstance(c, dict) and isinstance(c.get("cell_type"), str) for c in cells
-    ):
-        raise NotebookError(f"cannot read notebook {path}: its 'cells' are not notebook cells")
-    if not isinstance(node.get("metadata", {}), dict):
-        raise NotebookError(f"cannot read notebook {path}: its 'metadata' is not an object")
-    for cell in cells:
+        return _checked(_read_with_nbformat(path), path)
+    return _checked(node, path)
+
+
+def _checked(node: dict[str, Any], path: Path) -> dict[str, Any]:
+    """``node`` with each cell's source as one string; NotebookError if it is unusable."""
+    problem = structure_problem(node)
+    if problem:
+        raise NotebookError(f"cannot read notebook {path}: {problem}")
+    for cell in node["cells"]:
         source = cell.get("source", "")
-        cell["source"] = "".join(source) if isinstance(source, list) else str(source)
+        cell["source"] = "".join(source) if isinstance(source, list) else source
     return node
+
+
+CELL_TYPES = ("code", "markdown", "raw")
+
+
+def structure_problem(node: dict[str, Any]) -> str | None:
+    """What makes an nbformat 4 notebook unusable (what every engine and papermill rely
+    on), in words; None if nothing does. Cheaper than nbformat's schema, which a run
+    would load for this alone."""
+    if not isinstance(node.get("metadata", {}), dict):
+        return "its 'metadata' is not an object"
+    for key in ("kernelspec", "language_info"):
+        if not isinstance(node.get("metadata", {}).get(key, {}), dict):
+            return f"its metadata '{key}' is not an object"
+    cells = node.get("cells")
+    if not isinstance(cells, list):
+        return "its 'cells' are not a list"
+    for number, cell in enumerate(cells, 1):
+        if not isinstance(cell, dict):
+            return f"cell {number} is not an object"
+        if cell.get("cell_type") not in CELL_TYPES:
+            return f"cell {number} has no cell_type of {', '.join(CELL_TYPES)}"
+        source = cell.get("source", "")
+        if not isinstance(source, str) and not (
+            isinstance(source, list) and all(isinstance(line, str) for line in source)
+        ):
+            return f"cell {number}'s source is not text (a string or a list of strings)"
+        metadata = cell.get("metadata", {})
+        if not isinstance(metadata, dict):
+            return f"cell {number}'s metadata is not an object"
+        tags = metadata.get("tags", [])
+        if not isinstance(tags, list) or not all(isinstance(tag, str) for tag in tags):
+            return f"cell {number}'s tags are not a list of strings"
+        if cell["cell_type"] == "code":
+            if not isinstance(cell.get("outputs", []), list):
+                return f"cell {number}'s outputs are not a list"
+            count = cell.get("execution_count")
+            if count is not None and (not isinstance(count, int) or isinstance(count, bool)):
+                return f"cell {number}'s execution_count is not a number"
+    return None
 
 
 def _read_with_nbformat(path: Path) -> dict[str, Any]:

@@ -246,7 +246,7 @@ def write_json(document: Any, url: str | Path | None, stdout: IO[str] | None = N
         return
     if "://" in url and not url.startswith("file://"):
         raise UsageError(f"{url}: only local paths and s3:// URLs are written")
-    _write_local_atomically(Path(url.removeprefix("file://")), text)
+    write_text_atomically(Path(url.removeprefix("file://")), text)
 
 
 def _umask() -> int:
@@ -255,7 +255,9 @@ def _umask() -> int:
     return mask
 
 
-def _write_local_atomically(path: Path, text: str) -> None:
+def write_text_atomically(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the
+    old file or the new one, never half of one; a failed write leaves the old one."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:

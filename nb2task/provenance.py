@@ -108,7 +108,9 @@ def stamp_error(record: Path, error_line: str, exit_code: int) -> None:
     if not isinstance(section, dict):
         return
     section["error"] = {"line": error_line, "exit_code": exit_code}
-    record.write_text(json.dumps(node, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+    from .payload import write_text_atomically
+
+    write_text_atomically(record, json.dumps(node, ensure_ascii=False))
 
 
 def run_metadata(node: dict[str, Any]) -> dict[str, Any]:

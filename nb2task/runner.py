@@ -21,7 +21,7 @@ from typing import IO, TYPE_CHECKING, Any
 
 from . import progress
 from .engines import Executor, Limits, choose_engine, create_executor
-from .notebook import peek
+from .notebook import Notebook
 
 if TYPE_CHECKING:
     from .publish import Output
@@ -117,19 +117,17 @@ class Runner:
 
     def __init__(self, notebook: str | Path, options: RunOptions = RunOptions()) -> None:
         self.options = options
-        # The engine starts warming up first: its imports overlap stactask's below.
-        settings = peek(Path(notebook))
-        engine = choose_engine(options.engine, settings.engine, settings.kernelspec)
-        self.executor: Executor = create_executor(
-            engine, Path(notebook).resolve(), settings.kernelspec
-        )
-        self.executor.prepare()
-        from .task import NotebookTask
-
+        # An unusable notebook is refused before any process starts.
+        loaded = Notebook.load(notebook, options.task_name)
+        loaded.check_runnable_as_task()
+        # The engine starts warming up next: its imports overlap stactask's below.
+        engine = choose_engine(options.engine, loaded.settings.engine, loaded.kernelspec)
+        self.executor: Executor = create_executor(engine, loaded.path, loaded.kernelspec)
         try:
-            self.task_class: type[NotebookTask] = NotebookTask.for_notebook(
-                notebook, options.task_name
-            )
+            self.executor.prepare()
+            from .task import NotebookTask
+
+            self.task_class: type[NotebookTask] = NotebookTask.for_notebook(loaded)
         except BaseException:
             self.executor.close()
             raise
@@ -206,7 +204,7 @@ class Runner:
             progress.stage("done", outcome(document, features, output, record))
             return written
         except BaseException as err:
-            if isinstance(err, Exception) and record.exists():
+            if isinstance(err, Exception | KeyboardInterrupt) and record.exists():
                 stamp_error(record, error_line(err), exit_code(err))
             publication.rollback()
             publication.publish_failure_record(record)

@@ -48,10 +48,13 @@ class NotebookTask(Task):
     _shared_executor: ClassVar[Executor | None] = None
 
     @classmethod
-    def for_notebook(cls, path: str | Path, task_name: str | None = None) -> type[NotebookTask]:
-        """A NotebookTask class for the notebook at ``path``."""
-        notebook = Notebook.load(path, task_name)
-        notebook.check_runnable_as_task()
+    def for_notebook(
+        cls, notebook: str | Path | Notebook, task_name: str | None = None
+    ) -> type[NotebookTask]:
+        """A NotebookTask class for a notebook (its path, or as loaded)."""
+        if not isinstance(notebook, Notebook):
+            notebook = Notebook.load(notebook, task_name)
+            notebook.check_runnable_as_task()
         settings = notebook.settings
         task_class = type(
             f"NotebookTask_{settings.name}",
