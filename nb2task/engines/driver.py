@@ -86,9 +86,14 @@ def execute(
         raise stop from None
     try:
         raise_for_execution_errors(nb, None)  # adds the banner; we write it
-    except PapermillExecutionError:
-        save(nb, output_path)
-        raise
+    except PapermillExecutionError as error:
+        # A cell's error may be the stop's doing (a time limit interrupts the cell).
+        stop = error_for(error)
+        if stop is error:
+            save(nb, output_path)
+            raise
+        record_stop(nb, stop, output_path)
+        raise stop from None
     save(nb, output_path)
     return nb
 
@@ -125,7 +130,9 @@ def record_stop(nb: Any, stop: BaseException, output_path: Path) -> None:
         if cell.get("cell_type") == "code" and cell.metadata.get("papermill", {}).get("start_time")
     ]
     running = started[-1] if started else None
-    if running is not None and not any(o.get("output_type") == "error" for o in running.outputs):
+    if running is not None:
+        # After the cell's own error, if it had time to raise one (a cell interrupted
+        # when its time was up: the traceback says where it was, this says why).
         name, message = error_name(stop), str(stop) or type(stop).__name__
         running.outputs.append(
             nbformat.v4.new_output(  # type: ignore[no-untyped-call]

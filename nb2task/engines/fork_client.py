@@ -108,6 +108,8 @@ class ForkClient:
         self.nbclient = PapermillNotebookClient(nb_man, log=logger, log_output=log_output)
         self.nbclient.kc = _BackToTheChild(self)
         self.to_child: list[messages.Jupyter] = []  # sent between cells, as a kernel reads them
+        self.running = ""  # the execute request's msg_id, and its cell's index
+        self.running_index = 0
         self.session = kernel_shim.Session(self.to_child.append)
 
     def execute(self) -> None:
@@ -149,7 +151,8 @@ class ForkClient:
         msg = self.session.msg("execute_request", content)
         request = messages.Jupyter("shell", msg["header"], content=content)
         self._send_to_child(request)
-        msg_id = request.header["msg_id"]
+        msg_id = self.running = request.header["msg_id"]
+        self.running_index = index
         cell.outputs = []
         self.nbclient.clear_before_next_output = False
         reply: messages.Jupyter | None = None
@@ -184,7 +187,7 @@ class ForkClient:
         try:
             return self.child.read(deadline)
         except messages.ChannelTimeout:
-            self.child.kill()
+            self._interrupt(cell)
             raise RunTimeoutError(reason) from None
         except messages.ChannelClosed as err:
             ended = self.child.kill()
@@ -198,6 +201,31 @@ class ForkClient:
         except BaseException:  # interrupted here (Ctrl-C, SIGTERM): the run ends with us
             self.child.kill()
             raise
+
+    def _interrupt(self, cell: Any) -> None:
+        """Interrupt the running cell, as nbclient has a kernel interrupted when time is
+        up: its KeyboardInterrupt and traceback (where the cell was) reach the notebook;
+        then the child is killed, answered or not."""
+        from nbclient.exceptions import CellExecutionComplete
+
+        self.child.warm_parent.interrupt(self.child.run_id)
+        from .papermill_engines import INTERRUPT_GRACE_S
+
+        deadline = time.monotonic() + INTERRUPT_GRACE_S
+        with contextlib.suppress(messages.ChannelClosed, messages.ChannelTimeout):
+            while True:
+                message = self.child.read(deadline)
+                if not isinstance(message, messages.Jupyter) or message.channel != "iopub":
+                    continue
+                if message.parent_header.get("msg_id") != self.running:
+                    continue
+                try:
+                    self.nbclient.process_message(
+                        message.as_client_message(), cell, self.running_index
+                    )
+                except CellExecutionComplete:
+                    break
+        self.child.kill()
 
     def _send_to_child(self, message: messages.Jupyter) -> None:
         with contextlib.suppress(messages.ChannelClosed):  # a dead child is read as such

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import logging
 import os
 import shutil
@@ -117,6 +118,8 @@ async def _boot(km: Any, cwd: Path, env: dict[str, str]) -> None:
     # What the kernel writes to its own stdout/stderr (C libraries, subprocesses) is
     # not ours to print: our stdout may carry the output payload.
     await km.start_kernel(
+        # As nbclient starts a Python kernel: history in memory (no sqlite file, no thread).
+        extra_arguments=["--HistoryManager.hist_file=:memory:"] if km.ipykernel else [],
         cwd=str(cwd),
         env=env,
         stdout=subprocess.DEVNULL,
@@ -274,19 +277,22 @@ class KernelExecutor(Executor):
         """What stopped the run, in nb2task's words (nbclient's timeout and dead kernel
         as RunTimeoutError and NotebookDiedError); an interrupt kills the kernel now."""
         from nbclient.exceptions import CellTimeoutError, DeadKernelError
+        from papermill.exceptions import PapermillExecutionError
 
         from ..errors import NotebookDiedError, RunTimeoutError
 
         if isinstance(error, RunTimeoutError | NotebookDiedError):
             return error
+        if watchdog is not None and watchdog.finished.is_set():  # the interrupt's doing
+            return RunTimeoutError(f"the notebook ran longer than {limits.timeout:g} s")
+        if isinstance(error, PapermillExecutionError):
+            return error  # type: ignore[no-any-return]
         if isinstance(error, CellTimeoutError):
             return RunTimeoutError(f"a notebook cell ran longer than {limits.cell_timeout:g} s")
         if isinstance(error, DeadKernelError):
             stop = self.stopping()
             if stop is not None:
                 return stop
-            if watchdog is not None and watchdog.finished.is_set():
-                return RunTimeoutError(f"the notebook ran longer than {limits.timeout:g} s")
             process = getattr(km.provisioner, "process", None)
             ended = describe_exit(process.poll() if process is not None else None)
             return NotebookDiedError(f"the notebook's kernel died ({ended})")
@@ -295,5 +301,14 @@ class KernelExecutor(Executor):
 
     @staticmethod
     def _time_up(km: Any) -> None:
-        logger.error("run timeout: killing the notebook's kernel")
+        """The run's time is up: interrupt the running cell (its KeyboardInterrupt and
+        traceback reach the notebook, as on a cell timeout), then kill the kernel."""
+        from .papermill_engines import INTERRUPT_GRACE_S
+
+        logger.error("run timeout: stopping the notebook's kernel")
+        pid = kernel_pid(km)
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(pid, signal.SIGINT)  # the kernel's own session: its group
+            time.sleep(INTERRUPT_GRACE_S)
         kill(km)

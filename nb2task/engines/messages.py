@@ -4,8 +4,9 @@ Every message is a small dataclass with a ``kind``; on the wire it is JSON, leng
 (``frame``). Two channels carry them:
 
 - the control channel, between the task's process and the warm parent: ``Ready``,
-  ``Fork`` (with the child's socket passed along), ``Forked``, ``Refused``, ``Kill``,
-  ``Exited``; one frame per packet (a ``SOCK_SEQPACKET`` socket, which can pass sockets);
+  ``Fork`` (with the child's socket passed along), ``Forked``, ``Refused``,
+  ``Interrupt``, ``Kill``, ``Exited``; one frame per packet (a ``SOCK_SEQPACKET``
+  socket, which can pass sockets);
 - a run's channel, between the task's process and the child running the cells: the child's
   ``Hello`` and ``Bye``, the driver's ``End``, and Jupyter protocol messages (``Jupyter``:
   execute requests, outputs, replies), as a kernel exchanges them; a byte stream.
@@ -135,6 +136,14 @@ class Kill(Message):
     """Kill run ``run``: the child and everything it started."""
 
     kind: ClassVar[str] = "kill"
+    run: str
+
+
+@dataclass
+class Interrupt(Message):
+    """Interrupt run ``run``'s child (SIGINT: a KeyboardInterrupt in its cell)."""
+
+    kind: ClassVar[str] = "interrupt"
     run: str
 
 

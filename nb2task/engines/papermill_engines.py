@@ -21,6 +21,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from jupyter_core.utils import ensure_async, run_sync
 from papermill.clientwrap import PapermillNotebookClient
 from papermill.engines import Engine, NotebookExecutionManager, papermill_engines
 from papermill.log import logger as papermill_logger
@@ -38,6 +39,7 @@ logger = logging.getLogger(__name__)
 
 FORK_ENGINE = "nb2task-fork"
 KERNEL_ENGINE = "nb2task-kernel"
+INTERRUPT_GRACE_S = 3  # how long an interrupted cell has to report, when time is up
 
 
 def write_notebook(nb: Any, path: str | Path, found_secrets: dict[str, str]) -> None:
@@ -225,6 +227,25 @@ class SlicedPollingClient(PapermillNotebookClient):  # type: ignore[misc]
         for channel in (client.shell_channel, client.iopub_channel):
             channel.get_msg = _in_slices(channel.get_msg)
         return client
+
+    # nbclient binds its sync wrapper to its own coroutine: bind it to ours.
+    start_new_kernel_client = run_sync(async_start_new_kernel_client)
+
+    async def _async_handle_timeout(self, timeout: int, cell: Any = None) -> Any:
+        """A cell out of time ends as it does on a kernel nbclient owns (jupyter_client
+        interrupts a kernel before it shuts it down): interrupted, its KeyboardInterrupt
+        and traceback (where it was) in the cell; then nbclient's CellTimeoutError."""
+        import asyncio
+        import time
+
+        if not self.interrupt_on_timeout and self.km is not None and cell is not None:
+            await ensure_async(self.km.interrupt_kernel())
+            deadline = time.monotonic() + INTERRUPT_GRACE_S
+            while time.monotonic() < deadline and not any(
+                o.get("output_type") == "error" for o in cell.get("outputs", [])
+            ):
+                await asyncio.sleep(0.05)  # nbclient's output task runs meanwhile
+        return await super()._async_handle_timeout(timeout, cell)
 
 
 def _in_slices(get_msg: Callable[..., Any], slice_s: float = 1.0) -> Callable[..., Any]:

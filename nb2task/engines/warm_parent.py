@@ -149,6 +149,11 @@ class WarmParent:
                 return f"the warm parent died: {self.death_notice()}"
         return f"the run's process did not start ({err or 'no answer'})"
 
+    def interrupt(self, run_id: str) -> None:
+        """Interrupt the run's child (a KeyboardInterrupt in its running cell)."""
+        with contextlib.suppress(messages.ChannelClosed):
+            messages.send_packet(self._control, messages.Interrupt(run_id))
+
     def kill(self, run_id: str) -> None:
         """Kill the run's child and all it started (the warm parent reports the exit)."""
         with contextlib.suppress(messages.ChannelClosed):

@@ -4,8 +4,8 @@ Run as ``python -m nb2task.engines.zygote --control-fd N --parent PID [--noteboo
 by ``nb2task.engines.warm_parent.WarmParent``, its handle. It warms up
 (``nb2task.engines.warmup``), freezes its heap for the garbage collector, and serves its
 control channel (``nb2task.engines.messages``): ``Fork`` (fork a child serving the socket
-passed along), ``Kill`` (a run's child and all it started); it reports ``Exited`` for
-every child it reaps.
+passed along), ``Interrupt`` (a run's child), ``Kill`` (a run's child and all it
+started); it reports ``Exited`` for every child it reaps.
 
 Forking is safe here because this process has one thread, checked before every fork, and
 no event loop. It dies with the process that started it; when it ends, or a run ends,
@@ -69,11 +69,18 @@ class Zygote:
         if isinstance(message, messages.Fork) and fds:
             self.fork(message, fds.pop(0))
         elif isinstance(message, messages.Kill):
-            for pid, run in list(self.runs.items()):
-                if run == message.run:
-                    processes.kill_tree(pid, include_root=True)
+            for pid in self.pids(message.run):
+                processes.kill_tree(pid, include_root=True)
+        elif isinstance(message, messages.Interrupt):
+            for pid in self.pids(message.run):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGINT)
         for fd in fds:
             os.close(fd)
+
+    def pids(self, run: str) -> list[int]:
+        """The child of run ``run`` (none once it ended: its pid may be another's now)."""
+        return [pid for pid, run_id in self.runs.items() if run_id == run]
 
     def fork(self, request: messages.Fork, fd: int) -> None:
         threads = processes.native_threads()
