@@ -131,6 +131,75 @@ def test_engines_agree_cell_by_cell(case: str, tmp_path: Path) -> None:
     assert results["fork"][1][1][1] == []
 
 
+# What notebooks look for in a kernel: under the fork engine they find it too.
+KERNEL_LOOKALIKE = {
+    "kernel": (
+        "import sys, comm\nip = get_ipython()\n"
+        "print(type(ip).__name__, 'ipykernel.zmqshell' in sys.modules, ip.kernel is not None,\n"
+        "      ip.kernel.get_parent()['header']['msg_type'], 'IPKernelApp' in ip.config)\n"
+        "c = comm.create_comm(target_name='nb2task.test', data={'a': 1})\nc.send({'b': 2})"
+    ),
+    "display_id": (
+        "from IPython.display import display, update_display\n"
+        "h = display('first', display_id=True)\ndisplay('other')\nh.update('second')\n"
+        "update_display('third', display_id=h.display_id)"
+    ),
+    "clear_output": (
+        "from IPython.display import clear_output\nprint('gone', end='')\n"
+        "clear_output(wait=True)\nprint('kept')\nclear_output(wait=True)"
+    ),
+    "tqdm_auto": "from tqdm.auto import tqdm\nfor i in tqdm(range(5), desc='auto'):\n    pass",
+    "tqdm_notebook": (
+        "from tqdm.notebook import tqdm\nfor i in tqdm(range(5), desc='notebook'):\n    pass"
+    ),
+    "widgets": (
+        "import ipywidgets\nlabel = ipywidgets.Label('hello')\ndisplay(label)\n"
+        "out = ipywidgets.Output()\nwith out:\n    print('captured')\n"
+        "    raise ValueError('inside')\nout"
+    ),
+}
+
+
+def lookalike(nb: Any) -> Any:
+    """The cells and the widget state, with what changes from run to run masked: widget
+    model ids, and tqdm's times and rates."""
+    widgets = nb.metadata.get("widgets", {}).get("application/vnd.jupyter.widget-state+json")
+    models = list((widgets or {}).get("state", {}).values())
+
+    def masked(value: Any) -> Any:
+        if isinstance(value, str):
+            value = re.sub(r"(?<![0-9a-f])[0-9a-f]{32}(?![0-9a-f])", "<id>", value)
+            return re.sub(r"\[[^\[\]]*it/s\]", "[time]", value)
+        if isinstance(value, dict):
+            return {k: masked(v) for k, v in value.items()}
+        if isinstance(value, list | tuple):
+            return [masked(v) for v in value]
+        return value
+
+    return {
+        "cells": masked(normalise(nb)),
+        "widgets": sorted(json.dumps(masked(m), sort_keys=True) for m in models),
+    }
+
+
+@pytest.mark.parametrize("case", sorted(KERNEL_LOOKALIKE))
+def test_what_notebooks_look_for_in_a_kernel(case: str, tmp_path: Path) -> None:
+    nb = write_notebook(tmp_path / f"{case}.ipynb", None, KERNEL_LOOKALIKE[case], "'after'")
+    results = {}
+    for name in ENGINES:
+        with create_executor(name, None, {}) as ex:
+            outcome, executed = run(ex, nb, tmp_path)
+        assert not isinstance(outcome, Exception), outcome
+        results[name] = lookalike(executed)
+    assert results["fork"] == results["kernel"]
+    if case == "kernel":
+        [out] = results["fork"]["cells"][0][1]
+        assert out["text"] == "ZMQInteractiveShell True True execute_request True\n"
+    if case.startswith("tqdm"):  # a widget bar, at 100 % when it ended
+        assert "application/vnd.jupyter.widget-view+json" in json.dumps(results["fork"])
+        assert "100%" in json.dumps(results["fork"]["widgets"])
+
+
 def test_a_figure_is_a_png_through_the_inline_backend(executor: Executor, tmp_path: Path) -> None:
     nb = write_notebook(tmp_path / "fig.ipynb", None, FIDELITY["matplotlib"])
     _, executed = run(executor, nb, tmp_path)

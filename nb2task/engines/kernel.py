@@ -237,7 +237,12 @@ class KernelExecutor(Executor):
         stats["pid"] = kernel_pid(km)
         with self._lock:
             self._kernels.add(km)
-        watchdog = threading.Timer(limits.timeout, self._time_up, (km,)) if limits.timeout else None
+        time_up = threading.Event()
+        watchdog = (
+            threading.Timer(limits.timeout, self._time_up, (km, time_up))
+            if limits.timeout
+            else None
+        )
         if watchdog:
             watchdog.daemon = True
             watchdog.start()
@@ -253,7 +258,7 @@ class KernelExecutor(Executor):
                 record_metadata=record_metadata,
                 log_output=log_output,
                 cell_timeout=limits.cell_timeout,
-                error_for=lambda error: self._error_for(error, km, limits, watchdog),
+                error_for=lambda error: self._error_for(error, km, limits, time_up),
                 km=km,
             )
             found = harvest(executed, private_dir(km) / "emitted")
@@ -272,7 +277,7 @@ class KernelExecutor(Executor):
         return Execution(executed, found["items"], stats, found["emit_calls"], found["stopped_at"])
 
     def _error_for(
-        self, error: BaseException, km: Any, limits: Limits, watchdog: threading.Timer | None
+        self, error: BaseException, km: Any, limits: Limits, time_up: threading.Event
     ) -> BaseException:
         """What stopped the run, in nb2task's words (nbclient's timeout and dead kernel
         as RunTimeoutError and NotebookDiedError); an interrupt kills the kernel now."""
@@ -283,7 +288,7 @@ class KernelExecutor(Executor):
 
         if isinstance(error, RunTimeoutError | NotebookDiedError):
             return error
-        if watchdog is not None and watchdog.finished.is_set():  # the interrupt's doing
+        if time_up.is_set():  # the run's time is up: whatever ended it was the watchdog's doing
             return RunTimeoutError(f"the notebook ran longer than {limits.timeout:g} s")
         if isinstance(error, PapermillExecutionError):
             return error  # type: ignore[no-any-return]
@@ -300,11 +305,12 @@ class KernelExecutor(Executor):
         return error
 
     @staticmethod
-    def _time_up(km: Any) -> None:
+    def _time_up(km: Any, time_up: threading.Event) -> None:
         """The run's time is up: interrupt the running cell (its KeyboardInterrupt and
         traceback reach the notebook, as on a cell timeout), then kill the kernel."""
         from .papermill_engines import INTERRUPT_GRACE_S
 
+        time_up.set()
         logger.error("run timeout: stopping the notebook's kernel")
         pid = kernel_pid(km)
         if pid is not None:

@@ -143,6 +143,7 @@ class Kernel:
     implementation = "ipython"
     protocol_version = PROTOCOL_VERSION
     language_info = LANGUAGE_INFO
+    eventloop = None  # no GUI event loop to integrate with (ipykernel's shell looks)
 
     def __init__(self, shell: Any, send: Callable[[Jupyter], None]) -> None:
         self.shell = shell
@@ -214,19 +215,21 @@ class Kernel:
         shell._last_traceback = None
         result = shell.run_cell(code, store_history=store_history, silent=silent)
         flush_streams()
+        payload = shell.payload_manager.read_payload()  # set_next_input, pages, exit
+        shell.payload_manager.clear_payload()
         reply: dict[str, Any] = {
             "status": "ok",
             "execution_count": count,
             "user_expressions": {},
-            "payload": [],
+            "payload": payload,
         }
-        if not result.success:
+        if not result.success or shell._last_traceback_during_displayhook:
             error = result.error_before_exec or result.error_in_exec
             reply = {
                 "status": "error",
                 "execution_count": count,
-                "ename": type(error).__name__,
-                "evalue": str(error),
+                "ename": type(error).__name__ if error else "UnknownError",
+                "evalue": str(error) if error else "",
                 "traceback": shell._last_traceback or [],
             }
         self.session.send(SHELL, "execute_reply", reply, parent=request, metadata={

@@ -31,10 +31,10 @@ import time
 from collections.abc import Callable
 from typing import Any, Protocol
 
+from ipykernel import zmqshell
 from IPython.core.compilerop import CachingCompiler
 from IPython.core.displayhook import DisplayHook
 from IPython.core.displaypub import DisplayPublisher
-from IPython.core.interactiveshell import InteractiveShell
 
 # ipykernel's OutStream.flush_interval: how long output may wait before it is sent.
 FLUSH_INTERVAL_S = 0.2
@@ -256,16 +256,16 @@ def _murmur2(text: str, seed: int) -> int:
     return h
 
 
-class KernelLikeShell(InteractiveShell):
-    """An InteractiveShell whose outputs go to the notebook, as in ipykernel. ``kernel``
-    is the run's kernel (``nb2task.engines.kernel_shim.Kernel``), as on ipykernel's
-    shell; ``parent_header`` the request being run."""
+class KernelLikeShell(zmqshell.ZMQInteractiveShell):
+    """ipykernel's own shell (what code that looks for a notebook finds: its class, its
+    kernel magics, ``ipykernel.zmqshell`` loaded), whose outputs go through the run's
+    kernel (``nb2task.engines.kernel_shim.Kernel``) instead of ZeroMQ sockets. Named
+    ``ZMQInteractiveShell`` below, as ipykernel's is: code tells a notebook by that name
+    (rich, plotly, many a notebook's own check)."""
 
     compiler_class = CellFileNames
-    displayhook_class = KernelLikeDisplayHook
-    display_pub_class = KernelLikeDisplayPublisher
-    kernel: Any = None
-    parent_header: dict[str, Any] = {}  # noqa: RUF012 - ipykernel's shell attribute
+    displayhook_class = KernelLikeDisplayHook  # type: ignore[assignment]
+    display_pub_class = KernelLikeDisplayPublisher  # type: ignore[assignment]
     _last_traceback: list[str] | None = None
 
     def init_environment(self) -> None:
@@ -280,7 +280,7 @@ class KernelLikeShell(InteractiveShell):
         pass
 
     def set_parent(self, parent: dict[str, Any]) -> None:
-        """The request now being run (ipykernel's ``shell.set_parent``)."""
+        """The request now being run (the kernel sends with it)."""
         self.parent_header = parent
 
     def _showtraceback(self, etype: type, evalue: BaseException, stb: list[str]) -> None:
@@ -300,20 +300,20 @@ class KernelLikeShell(InteractiveShell):
         self.displayhook.kernel = kernel  # type: ignore[attr-defined]
 
 
+KernelLikeShell.__name__ = KernelLikeShell.__qualname__ = "ZMQInteractiveShell"
+
+
 def prepare_shell() -> KernelLikeShell:
     """The shell every child starts from: built once in the warm parent, before any fork.
 
     History stays in memory: no sqlite file and no thread saving it (forking needs a
-    single-threaded parent). Its configuration has an ``IPKernelApp`` section, as a
-    kernel's has: libraries look for it to tell a notebook from a terminal
-    (``tqdm.auto``, for one).
+    single-threaded parent), as nbclient has a kernel keep it.
     """
     from traitlets.config import Config
 
     os.environ.setdefault("MPLBACKEND", INLINE_BACKEND)
     config = Config()
     config.HistoryManager.hist_file = ":memory:"
-    config["IPKernelApp"] = Config()
     shell: KernelLikeShell = KernelLikeShell.instance(config=config)
     return shell
 
