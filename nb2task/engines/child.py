@@ -4,9 +4,10 @@ The warm parent forks it with the run's channel (a socket to the task's process)
 calls ``become_child``, which never returns: the child dies with the warm parent, takes
 a session of its own (killed whole when the run ends) and is a subreaper (what it starts
 and escapes to a session of its own still comes back to it, and to the run's cleanup);
-it gets the native thread pools the warm parent held back, the run's working directory
-and environment; then it serves the run's requests on the shell the warm parent built,
-through its kernel (``nb2task.engines.kernel_shim``), until told to end.
+it gets the native thread pools the warm parent held back and says hello. It may be
+forked ahead of its run (a spare): the run's working directory and environment come with
+``Setup``; then it serves the run's requests on the shell the warm parent built, through
+its kernel (``nb2task.engines.kernel_shim``), until told to end.
 """
 
 from __future__ import annotations
@@ -29,11 +30,11 @@ MEMORY_ENV = "NB2TASK_MEMORY_STATS"
 def become_child(
     prepared: shell.KernelLikeShell,
     sock: socket.socket,
-    request: messages.Fork,
     parent: int,
     limits: pools.Limits,
+    parent_threads: int = 1,
 ) -> None:
-    """In a freshly forked process: become run ``request``'s child; exit when it ends."""
+    """In a freshly forked process: become a run's child; exit when it ends."""
     code = EXIT_CRASHED
     try:
         processes.die_with_parent(signal.SIGKILL, parent)
@@ -46,10 +47,8 @@ def become_child(
         signal.signal(signal.SIGINT, signal.default_int_handler)
         pools.give_back(limits)
         gc.enable()
-        os.chdir(request.cwd or ".")
-        os.environ.update(request.env)
         sys.argv = [""]
-        serve(prepared, sock)
+        serve(prepared, sock, parent_threads)
         code = 0
     except BaseException:  # noqa: BLE001 - report and leave: the parent sees the exit
         with contextlib.suppress(Exception):
@@ -74,7 +73,7 @@ class Channel:
             self.sock.sendall(data)
 
 
-def serve(prepared: shell.KernelLikeShell, sock: socket.socket) -> None:
+def serve(prepared: shell.KernelLikeShell, sock: socket.socket, parent_threads: int = 1) -> None:
     """The child's life: serve the run's requests until told to end."""
     channel = Channel(sock)
     kernel = kernel_shim.Kernel(prepared, channel.send)
@@ -85,7 +84,19 @@ def serve(prepared: shell.KernelLikeShell, sock: socket.socket) -> None:
     pump = threading.Thread(target=shell.pump, args=(stop,), name="nb2task-output", daemon=True)
     pump.start()
     reader = messages.Reader(sock)
-    channel.send(messages.Hello(os.getpid()))
+    channel.send(messages.Hello(os.getpid(), parent_threads))
+    # Ahead of the run: a silent cell touches the memory every cell does, so the copies
+    # a fork makes of shared pages as they are written happen now, not in the run.
+    prepared.run_cell("None", store_history=False, silent=True)  # type: ignore[no-untyped-call]
+    # Ready: the run it is for may come now or later (a spare is forked ahead of it).
+    try:
+        setup = reader.read()
+    except messages.ChannelClosed:
+        return
+    if not isinstance(setup, messages.Setup):
+        return
+    os.chdir(setup.cwd or ".")
+    os.environ.update(setup.env)
     while True:
         try:
             message = reader.read()

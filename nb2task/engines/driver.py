@@ -94,8 +94,7 @@ def execute(
             raise
         record_stop(nb, stop, output_path)
         raise stop from None
-    save(nb, output_path)
-    return nb
+    return nb  # saved as it is now when the engine's manager completed it
 
 
 def load(node: dict[str, Any]) -> Any:

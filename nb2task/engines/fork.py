@@ -138,8 +138,8 @@ class ForkExecutor(Executor):
         for attempt in range(2):
             parent = self._warm_parent()
             try:
-                child = parent.fork(cwd, env)
-                child.start()
+                child = parent.fork()
+                child.start(cwd, env)
                 return child
             except (WarmParentGone, ChildDidNotStart) as err:
                 if attempt or parent.alive:

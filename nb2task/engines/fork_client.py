@@ -15,6 +15,7 @@ with nbclient's error classes (nb2task's subclass them): the child is killed fir
 from __future__ import annotations
 
 import contextlib
+import os
 import time
 from collections.abc import Callable
 from typing import Any
@@ -35,6 +36,7 @@ class Child:
         self.sock = sock
         self.reader = messages.Reader(sock)
         self.pid: int | None = None
+        self.parent_threads: int | None = None
         self.private_kb: int | None = None
         self.ended: str | None = None  # how it ended, in words, once it has
 
@@ -44,9 +46,11 @@ class Child:
     def read(self, deadline: float | None) -> messages.Message:
         return self.reader.read(deadline)
 
-    def start(self) -> None:
-        """Wait for the child's hello (the warm parent forks it on request)."""
+    def start(self, cwd: str, env: dict[str, str]) -> None:
+        """Give the child its run (``cwd``, what ``env`` adds) and wait for its hello
+        (already here, for a spare)."""
         try:
+            self.send(messages.Setup(cwd, env))
             hello = self.read(time.monotonic() + START_TIMEOUT_S)
         except (messages.ChannelClosed, messages.ChannelTimeout) as err:
             self.kill()
@@ -54,19 +58,27 @@ class Child:
         if not isinstance(hello, messages.Hello):
             self.kill()
             raise ChildDidNotStart(f"it said {hello.kind!r} first")
-        self.pid = hello.pid
+        self.pid, self.parent_threads = hello.pid, hello.parent_threads
 
     def end(self) -> None:
-        """Let the child flush its last output, then end it and all it started."""
+        """Let the child flush its last output, then end it and all it started: its
+        warm parent does that, while this process goes on (what it said is all in)."""
         if self.ended is not None:
             return
-        with contextlib.suppress(messages.ChannelClosed, messages.ChannelTimeout):
+        try:
             self.send(messages.End())
             deadline = time.monotonic() + END_TIMEOUT_S
             while not isinstance(message := self.read(deadline), messages.Bye):
                 pass
             self.private_kb = message.private_kb
-        self.kill()
+        except (messages.ChannelClosed, messages.ChannelTimeout):
+            self.kill()  # it did not say goodbye: how it ended matters
+            return
+        self.warm_parent.kill(self.run_id)
+        self.warm_parent.forget(self.run_id)
+        with contextlib.suppress(OSError):
+            self.sock.close()
+        self.ended = "ended"
 
     def kill(self) -> str:
         """Kill the child (and everything it started) now; how it ended, in words."""
@@ -115,7 +127,7 @@ class ForkClient:
     def execute(self) -> None:
         """Run every cell; papermill's manager saves as they end."""
         if self.child.pid is None:
-            self.child.start()
+            self.child.start(os.getcwd(), {})
         for index, cell in enumerate(self.nb_man.nb.cells):
             self.nb_man.cell_start(cell, index)
             try:

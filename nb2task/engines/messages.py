@@ -8,8 +8,9 @@ Every message is a small dataclass with a ``kind``; on the wire it is JSON, leng
   ``Interrupt``, ``Kill``, ``Exited``; one frame per packet (a ``SOCK_SEQPACKET``
   socket, which can pass sockets);
 - a run's channel, between the task's process and the child running the cells: the child's
-  ``Hello`` and ``Bye``, the driver's ``End``, and Jupyter protocol messages (``Jupyter``:
-  execute requests, outputs, replies), as a kernel exchanges them; a byte stream.
+  ``Hello`` and ``Bye``, the driver's ``Setup`` and ``End``, and Jupyter protocol
+  messages (``Jupyter``: execute requests, outputs, replies), as a kernel exchanges them;
+  a byte stream.
 
 Only JSON crosses process boundaries: nothing a notebook produced is ever unpickled, and a
 corrupt message is an error, not code execution.
@@ -111,8 +112,6 @@ class Fork(Message):
 
     kind: ClassVar[str] = "fork"
     run: str
-    cwd: str
-    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -163,10 +162,22 @@ class Exited(Message):
 
 @dataclass
 class Hello(Message):
-    """The child is ready for cells."""
+    """The child is ready for cells; its warm parent had ``parent_threads`` threads when
+    it forked it (always 1: the warm parent refuses to fork otherwise)."""
 
     kind: ClassVar[str] = "hello"
     pid: int
+    parent_threads: int = 1
+
+
+@dataclass
+class Setup(Message):
+    """The run the child is for: its working directory and what its environment adds
+    (a child may be forked ahead of its run, as a spare)."""
+
+    kind: ClassVar[str] = "setup"
+    cwd: str
+    env: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass

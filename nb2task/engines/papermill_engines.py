@@ -103,7 +103,8 @@ class SavingManager(NotebookExecutionManager):  # type: ignore[misc]
             metadata["duration"] = (end_time - start_time).total_seconds()
         if metadata["status"] != self.FAILED:
             metadata["status"] = self.COMPLETED
-        self.save()
+        if cell.cell_type == "code":  # what else ran changed only times: the next save has them
+            self.save()
         if self.pbar:
             self.pbar.update(1)
 
@@ -196,7 +197,11 @@ class ForkEngine(RecordingEngine):
             finally:
                 child.kill()
                 if run_stats is not None:
-                    run_stats.update(pid=child.pid, private_kb=child.private_kb)
+                    run_stats.update(
+                        pid=child.pid,
+                        private_kb=child.private_kb,
+                        parent_threads=child.parent_threads,
+                    )
         return nb_man.nb
 
 
@@ -208,7 +213,9 @@ def _child_of_its_own(cwd: str) -> Iterator[Any]:
 
     parent = WarmParent()
     try:
-        yield parent.fork(cwd, {})
+        child = parent.fork()
+        child.start(cwd, {})
+        yield child
     finally:
         parent.close()
 

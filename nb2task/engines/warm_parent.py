@@ -46,6 +46,7 @@ class WarmParent:
         self._ready = threading.Event()
         self._lock = threading.Lock()
         self._mailboxes: dict[str, queue.Queue[messages.Message]] = {}
+        self._spare: Child | None = None  # a child forked ahead of its run
         self._dead = False
         # The warm parent's own stderr, read for its death notice.
         self._log = tempfile.TemporaryFile()  # noqa: SIM115 - closed in close()
@@ -116,16 +117,29 @@ class WarmParent:
         if not self._ready.is_set() or self._dead:
             raise WarmParentGone(f"the warm parent did not start: {self.death_notice()}")
 
-    def fork(self, cwd: str, env: dict[str, str]) -> Child:
-        """A child for one run, in ``cwd`` with ``env`` added; it says hello on its own
-        socket once forked (``Child.start``)."""
+    def fork(self) -> Child:
+        """A child for one run (``Child.start`` gives it its run): the spare forked ahead
+        of this run when there is one, so that the run need not wait for the fork; and
+        a spare for the next run is asked for now."""
         self.wait_ready()
+        with self._lock:
+            child, self._spare = self._spare, None
+        if child is None:
+            child = self._fork()
+        with contextlib.suppress(WarmParentGone):
+            spare = self._fork()
+            with self._lock:
+                self._spare = spare
+        return child
+
+    def _fork(self) -> Child:
+        """Ask for a child; it says hello on its own socket once forked."""
         run_id = f"{os.getpid()}-{next(_run_ids)}"
         with self._lock:
             self._mailboxes[run_id] = queue.Queue()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            messages.send_packet(self._control, messages.Fork(run_id, cwd, env), [theirs.fileno()])
+            messages.send_packet(self._control, messages.Fork(run_id), [theirs.fileno()])
         except messages.ChannelClosed as err:
             ours.close()
             self.forget(run_id)

@@ -96,7 +96,7 @@ class Zygote:
             self.control.close()
             os.close(self.wake_r)
             os.close(self._wake_w)
-            child.become_child(self.shell, socket.socket(fileno=fd), request, parent, self.limits)
+            child.become_child(self.shell, socket.socket(fileno=fd), parent, self.limits, threads)
         os.close(fd)
         self.runs[pid] = request.run
         self.send(messages.Forked(request.run, pid))
