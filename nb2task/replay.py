@@ -264,7 +264,7 @@ def replay(
         path,
     )
     error: Exception | None = None
-    with Runner(path, options) as runner:
+    with Runner(path, options, once=True) as runner:
         try:
             runner.run(document, UrlOutput(workdir / "output-payload.json"))
         except Exception as err:  # noqa: BLE001 - the verdict compares it with the record's

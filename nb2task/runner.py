@@ -115,14 +115,18 @@ class Workspace:
 class Runner:
     """A notebook task ready for payloads, with its executor kept warm between them."""
 
-    def __init__(self, notebook: str | Path, options: RunOptions = RunOptions()) -> None:
+    def __init__(
+        self, notebook: str | Path, options: RunOptions = RunOptions(), once: bool = False
+    ) -> None:
+        """A runner for ``notebook`` (for one payload only, if ``once``: its engine then
+        warms up for that one)."""
         self.options = options
         # An unusable notebook is refused before any process starts.
         loaded = Notebook.load(notebook, options.task_name)
         loaded.check_runnable_as_task()
         # The engine starts warming up next: its imports overlap stactask's below.
         engine = choose_engine(options.engine, loaded.settings.engine, loaded.kernelspec)
-        self.executor: Executor = create_executor(engine, loaded.path, loaded.kernelspec)
+        self.executor: Executor = create_executor(engine, loaded.path, loaded.kernelspec, once=once)
         try:
             self.executor.prepare()
             from .task import NotebookTask

@@ -52,18 +52,21 @@ def choose_engine(requested: str | None, setting: str | None, kernelspec: dict[s
     return default_engine() if language == "python" else "kernel"
 
 
-def create_executor(name: str, notebook_path: Path | None, kernelspec: dict[str, Any]) -> Executor:
-    """An executor of the named engine for the notebook at ``notebook_path``."""
+def create_executor(
+    name: str, notebook_path: Path | None, kernelspec: dict[str, Any], once: bool = False
+) -> Executor:
+    """An executor of the named engine for the notebook at ``notebook_path`` (for one
+    payload only, if ``once``)."""
     writable_home()
     kernel_name = str(kernelspec.get("name") or "python3")
     language = str(kernelspec.get("language") or "python")
     if name == "fork":
         from .fork import ForkExecutor
 
-        return ForkExecutor(notebook_path, kernel_name, language)
+        return ForkExecutor(notebook_path, kernel_name, language, once)
     from .kernel import KernelExecutor
 
-    return KernelExecutor(notebook_path, kernel_name, language)
+    return KernelExecutor(notebook_path, kernel_name, language, once)
 
 
 # Where IPython, Jupyter and matplotlib write their own files, by default under HOME.

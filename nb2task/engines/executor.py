@@ -46,10 +46,12 @@ class Executor(ABC):
         notebook_path: Path | None = None,
         kernel_name: str = "python3",
         language: str = "python",
+        once: bool = False,
     ) -> None:
         self.notebook_path = notebook_path
         self.kernel_name = kernel_name
         self.language = language
+        self.once = once  # one payload only: warm up for it, not for the ones after
         # The stats hook: each run's engine, seconds, pid and (with
         # NB2TASK_MEMORY_STATS) private memory, the last hundred, for the bench.
         self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=100)

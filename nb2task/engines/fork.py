@@ -38,8 +38,9 @@ class ForkExecutor(Executor):
         notebook_path: Path | None = None,
         kernel_name: str = "python3",
         language: str = "python",
+        once: bool = False,
     ) -> None:
-        super().__init__(notebook_path, kernel_name, language)
+        super().__init__(notebook_path, kernel_name, language, once)
         self._parent: WarmParent | None = None
         self._lock = threading.Lock()
         self._children: set[Child] = set()  # in flight
@@ -59,7 +60,7 @@ class ForkExecutor(Executor):
                 self._parent.close()
                 self._parent = None
             if self._parent is None:
-                self._parent = WarmParent(self.notebook_path)
+                self._parent = WarmParent(self.notebook_path, once=self.once)
             return self._parent
 
     @property

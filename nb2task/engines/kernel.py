@@ -186,8 +186,9 @@ class KernelExecutor(Executor):
         notebook_path: Path | None = None,
         kernel_name: str = KERNEL_NAME,
         language: str = "python",
+        once: bool = False,
     ) -> None:
-        super().__init__(notebook_path, kernel_name, language)
+        super().__init__(notebook_path, kernel_name, language, once)
         self.launcher = KernelLauncher(kernel_name)
         self._lock = threading.Lock()
         self._kernels: set[Any] = set()  # in flight

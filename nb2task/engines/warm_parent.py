@@ -40,8 +40,9 @@ class WarmParentGone(Exception):
 class WarmParent:
     """A started warm parent."""
 
-    def __init__(self, notebook: Path | None = None) -> None:
+    def __init__(self, notebook: Path | None = None, once: bool = False) -> None:
         self.notebook = notebook
+        self.once = once  # one run only: no warm-up for runs after it, no spare after it
         self.info: messages.Ready | None = None
         self._ready = threading.Event()
         self._lock = threading.Lock()
@@ -55,6 +56,8 @@ class WarmParent:
         command += ["--control-fd", str(theirs.fileno()), "--parent", str(os.getpid())]
         if notebook is not None:
             command += ["--notebook", str(notebook)]
+        if once:
+            command += ["--once"]
         self.process = subprocess.Popen(
             command,
             pass_fds=(theirs.fileno(),),
@@ -67,6 +70,9 @@ class WarmParent:
         theirs.close()
         self._listener = threading.Thread(target=self._listen, name="nb2task-warm", daemon=True)
         self._listener.start()
+        # The first run's child, asked for now: forked as soon as the warm-up ends.
+        with contextlib.suppress(WarmParentGone):
+            self._spare = self._fork()
 
     @property
     def alive(self) -> bool:
@@ -120,16 +126,17 @@ class WarmParent:
     def fork(self) -> Child:
         """A child for one run (``Child.start`` gives it its run): the spare forked ahead
         of this run when there is one, so that the run need not wait for the fork; and
-        a spare for the next run is asked for now."""
+        (unless ``once``) a spare for the next run is asked for now."""
         self.wait_ready()
         with self._lock:
             child, self._spare = self._spare, None
         if child is None:
             child = self._fork()
-        with contextlib.suppress(WarmParentGone):
-            spare = self._fork()
-            with self._lock:
-                self._spare = spare
+        if not self.once:
+            with contextlib.suppress(WarmParentGone):
+                spare = self._fork()
+                with self._lock:
+                    self._spare = spare
         return child
 
     def _fork(self) -> Child:

@@ -101,9 +101,12 @@ def is_installed(module: str, notebook_dir: Path | None) -> bool:
     return False
 
 
-def warm_up(modules: list[str], deferred: list[str], notebook_dir: Path | None) -> Warm:
-    """Build the shell and import what the runs will need, but the ``deferred`` modules.
-    Raise StartsThreads for the first module that leaves a thread behind."""
+def warm_up(
+    modules: list[str], deferred: list[str], notebook_dir: Path | None, exercise: bool = True
+) -> Warm:
+    """Build the shell and import what the runs will need, but the ``deferred`` modules;
+    run each path once (``exercise``) when more than one run will use it. Raise
+    StartsThreads for the first module that leaves a thread behind."""
     from . import kernel_shim, shell
 
     started = time.perf_counter()
@@ -128,9 +131,9 @@ def warm_up(modules: list[str], deferred: list[str], notebook_dir: Path | None) 
         if processes.native_threads() > 1:
             names = [n for n in processes.thread_names()[1:] if n] or ["unnamed"]
             raise StartsThreads(module, names)
-    # Warm what every run touches, not only imports.
-    shell.exercise(prepared)
-    exercise_runtime()
+    if exercise:  # warm what every run touches, not only imports
+        shell.exercise(prepared)
+        exercise_runtime()
     warm.seconds = round(time.perf_counter() - started, 3)
     return warm
 

@@ -126,6 +126,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     parser.add_argument("--parent", type=int, required=True)
     parser.add_argument("--notebook", type=Path)
     parser.add_argument("--defer", action="append", default=[], metavar="MODULE: WHY")
+    parser.add_argument("--once", action="store_true", help="warm up for one run only")
     args = parser.parse_args(argv)
     control = socket.socket(fileno=args.control_fd)
     os.set_inheritable(args.control_fd, True)  # kept across a restart (execv)
@@ -140,7 +141,7 @@ def main(argv: list[str] | None = None) -> NoReturn:
     if notebook_dir is not None:
         sys.path.insert(0, "")  # as in a kernel: modules beside the notebook import
     try:
-        warm = warmup.warm_up(modules, args.defer, notebook_dir)
+        warm = warmup.warm_up(modules, args.defer, notebook_dir, exercise=not args.once)
     except warmup.StartsThreads as err:
         _restart(args, limits, f"{err.module}: {err.why}")
     pools.find_openblas(limits)
@@ -170,6 +171,8 @@ def _restart(args: argparse.Namespace, limits: pools.Limits, deferred: str) -> N
     argv = ["--control-fd", str(args.control_fd), "--parent", str(args.parent)]
     if args.notebook:
         argv += ["--notebook", str(args.notebook)]
+    if args.once:
+        argv += ["--once"]
     for entry in [*args.defer, deferred]:
         argv += ["--defer", entry]
     os.execv(sys.executable, [sys.executable, "-m", "nb2task.engines.zygote", *argv])
