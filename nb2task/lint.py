@@ -33,6 +33,7 @@ LOCAL_PATH = re.compile(
     r"^(~[/\\]|/(home|Users|tmp|mnt|media|data|root|srv|var/folders|Volumes)(/|$)"
     r"|[A-Za-z]:[\\/])"
 )
+KERNEL_ONLY_MAGIC = re.compile(r"^\s*%(connect_info|qtconsole)\b")
 PIP_INSTALL = re.compile(r"(^|[\s!%'\"\[,])(pip3?|conda|mamba|uv pip)['\"]?[\s,]+['\"]?install\b")
 
 
@@ -195,6 +196,17 @@ def _cells(notebook: Notebook) -> Iterator[Finding]:
                     number,
                     line_number,
                 )
+        for line_number, line in enumerate(source.splitlines(), 1):
+            magic = KERNEL_ONLY_MAGIC.match(line)
+            if magic:
+                yield Finding(
+                    "kernel-only",
+                    WARNING,
+                    f"%{magic.group(1)} needs a kernel's connection file: it fails under the "
+                    "fork engine (the default; see the engines' docs)",
+                    number,
+                    line_number,
+                )
         tree = _parse(source)
         if tree is None:
             yield Finding("syntax", ERROR, "this cell is not valid Python", number)
@@ -202,6 +214,20 @@ def _cells(notebook: Notebook) -> Iterator[Finding]:
         for node in ast.walk(tree):
             if isinstance(node, ast.Call) and _called(node) == "emit":
                 emits = True
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and (node.func.id in ("exit", "quit"))
+            ):
+                yield Finding(
+                    "kernel-only",
+                    WARNING,
+                    f"{node.func.id}() in a cell does not end a task run under the fork "
+                    "engine (a kernel would exit, and the run fail): let the cells finish, "
+                    "or raise",
+                    number,
+                    node.lineno,
+                )
             if (
                 isinstance(node, ast.Constant)
                 and isinstance(node.value, str)

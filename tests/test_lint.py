@@ -28,6 +28,7 @@ def test_every_check_finds_its_problem_where_it_is(tmp_path: Path) -> None:
         "# pip install in a comment is fine\nsrc = '/home/me/scene.tif'\nout = 'C:\\\\out.tif'",
         ("raise SystemExit('/home/me/only-exploring')", ["nb2task-skip"]),
         "x = (",
+        "%connect_info\nif True:\n    exit()",
         metadata={"requirements": ["numpy>=1.26", "pystac==1.10.1"]},
     )
     assert found(nb) == [
@@ -38,6 +39,8 @@ def test_every_check_finds_its_problem_where_it_is(tmp_path: Path) -> None:
         ("local-path", WARNING, 3, 2),
         ("local-path", WARNING, 3, 3),
         ("syntax", ERROR, 5, None),
+        ("kernel-only", WARNING, 6, 1),  # %connect_info
+        ("kernel-only", WARNING, 6, 3),  # exit()
         ("no-emit", WARNING, None, None),
         ("unpinned-requirement", WARNING, None, None),
     ]
