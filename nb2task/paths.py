@@ -8,8 +8,11 @@ sanitised (``safe_name``) and checked to resolve inside their root after symlink
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
+import stat
+import tempfile
 from pathlib import Path
 
 MAX_NAME = 120
@@ -56,3 +59,35 @@ def check_url(url: str, template: str, what: str) -> str:
     if not (normal + ("/" if url.endswith("/") else "")).startswith(prefix):
         raise invalid_input(f"{what}: {url!r} is outside the upload prefix {prefix!r}")
     return url
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def write_text_atomically(path: str | Path, text: str, mode: int | None = None) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the
+    old file or the new one, never half of one; a failed write (a full disk) leaves the
+    old one. A symlink is written through (its target replaced, not the link); a path
+    that is no regular file (``/dev/null``, a FIFO) is written to directly, as a rename
+    would replace the device itself."""
+    real = Path(os.path.realpath(path))
+    try:
+        if not stat.S_ISREG(real.stat().st_mode):
+            with open(real, "w", encoding="utf-8") as f:
+                f.write(text)
+            return
+    except FileNotFoundError:
+        pass
+    real.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=real.parent, prefix=f".{real.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.chmod(tmp, (0o666 & ~_umask()) if mode is None else mode)  # mkstemp makes 0600
+        os.replace(tmp, real)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

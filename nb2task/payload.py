@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
 import threading
 from pathlib import Path
 from typing import IO, Any
@@ -18,6 +17,7 @@ from typing import IO, Any
 from stactask.exceptions import InvalidInput
 
 from .errors import UsageError
+from .paths import write_text_atomically
 from .runtime import absolute_href
 
 # The most a payload may weigh, and how deep its JSON may nest (a GeoJSON MultiPolygon is
@@ -249,22 +249,3 @@ def write_json(document: Any, url: str | Path | None, stdout: IO[str] | None = N
     write_text_atomically(Path(url.removeprefix("file://")), text)
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def write_text_atomically(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` through a temporary file and a rename: readers see the
-    old file or the new one, never half of one; a failed write leaves the old one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp creates 0600; keep the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

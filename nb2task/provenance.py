@@ -108,7 +108,7 @@ def stamp_error(record: Path, error_line: str, exit_code: int) -> None:
     if not isinstance(section, dict):
         return
     section["error"] = {"line": error_line, "exit_code": exit_code}
-    from .payload import write_text_atomically
+    from .paths import write_text_atomically
 
     write_text_atomically(record, json.dumps(node, ensure_ascii=False))
 

@@ -985,3 +985,31 @@ def test_an_explicit_empty_output_ends_a_run_early(engine: str, tmp_path: Path) 
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["features"] == []
     assert "stopped at cell In [3]" in result.stderr
+
+
+def test_output_to_a_device_fifo_or_symlink_writes_through_it(tmp_path: Path) -> None:
+    """``--output /dev/null`` must not replace the device with a file (an atomic rename
+    would: it broke botocore's ``AWS_CONFIG_FILE=/dev/null`` for everything after); a
+    symlink is written through, the link kept."""
+    import stat
+    import threading
+
+    fifo = tmp_path / "out.fifo"
+    os.mkfifo(fifo)
+    received: list[bytes] = []
+    reader = threading.Thread(target=lambda: received.append(fifo.read_bytes()), daemon=True)
+    reader.start()
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    path = tmp_path / "in.json"
+    path.write_text(json.dumps(make_payload()))
+    notebook = write_notebook(tmp_path / "nb" / "hostile.ipynb", PARAMETERS, EMITTER)
+    for output in (fifo, link):
+        result = run_cli("run", notebook, path, "--no-upload", "--output", output)
+        assert result.returncode == 0, result.stderr
+    reader.join(timeout=30)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode)
+    assert json.loads(received[0])["features"]
+    assert link.is_symlink() and json.loads(target.read_text())["features"]

@@ -15,7 +15,6 @@ import datetime
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 from pathlib import Path
@@ -30,6 +29,7 @@ from papermill.translators import PythonTranslator, papermill_translators
 from papermill.utils import merge_kwargs, remove_args
 
 from .. import progress
+from ..paths import write_text_atomically
 from ..redact import appears_in, redact_notebook, secrets
 
 if TYPE_CHECKING:
@@ -51,16 +51,7 @@ def write_notebook(nb: Any, path: str | Path, found_secrets: dict[str, str]) -> 
     if found_secrets and appears_in(text, found_secrets):
         redact_notebook(nb, found_secrets)
         text = json.dumps(nb, ensure_ascii=False)
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_text_atomically(path, text, mode=0o644)
 
 
 class SavingManager(NotebookExecutionManager):  # type: ignore[misc]

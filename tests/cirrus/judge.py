@@ -44,6 +44,7 @@ import importlib
 import json
 import os
 import sys
+import tempfile
 import time
 import traceback
 import uuid
@@ -94,6 +95,15 @@ def moto_aws() -> Iterator[dict[str, str]]:
     yield _AWS
 
 
+def _empty_file() -> str:
+    """An empty config file for botocore (not /dev/null: if anything ever replaced the
+    device with a file, botocore would parse what is in it)."""
+    fd, path = tempfile.mkstemp(prefix="judge-aws-", suffix=".ini")
+    os.close(fd)
+    atexit.register(os.unlink, path)
+    return path
+
+
 def _start_aws() -> dict[str, str]:
     for key in [k for k in os.environ if k.startswith(("AWS_", "CIRRUS_"))]:
         del os.environ[key]
@@ -103,8 +113,8 @@ def _start_aws() -> dict[str, str]:
         AWS_SESSION_TOKEN="testing",
         AWS_DEFAULT_REGION=REGION,
         AWS_REGION=REGION,
-        AWS_CONFIG_FILE=os.devnull,
-        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        AWS_CONFIG_FILE=_empty_file(),
+        AWS_SHARED_CREDENTIALS_FILE=_empty_file(),
         AWS_EC2_METADATA_DISABLED="true",
     )
     import logging
