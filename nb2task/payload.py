@@ -247,5 +247,3 @@ def write_json(document: Any, url: str | Path | None, stdout: IO[str] | None = N
     if "://" in url and not url.startswith("file://"):
         raise UsageError(f"{url}: only local paths and s3:// URLs are written")
     write_text_atomically(Path(url.removeprefix("file://")), text)
-
-
