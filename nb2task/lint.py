@@ -196,7 +196,6 @@ def _cells(notebook: Notebook) -> Iterator[Finding]:
                     number,
                     line_number,
                 )
-        for line_number, line in enumerate(source.splitlines(), 1):
             magic = KERNEL_ONLY_MAGIC.match(line)
             if magic:
                 yield Finding(

@@ -8,6 +8,7 @@ sanitised (``safe_name``) and checked to resolve inside their root after symlink
 
 from __future__ import annotations
 
+import functools
 import os
 import posixpath
 import re
@@ -61,7 +62,9 @@ def check_url(url: str, template: str, what: str) -> str:
     return url
 
 
+@functools.cache
 def _umask() -> int:
+    """The process's umask, read once: reading it sets it, for a moment, for every thread."""
     mask = os.umask(0)
     os.umask(mask)
     return mask
