@@ -19,15 +19,19 @@ import json
 import logging
 import os
 import re
+import select
 import shutil
+import signal
 import tempfile
 import time
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import settings
 from .errors import UsageError, error_line
 
 FIXTURES = "fixtures"
@@ -43,6 +47,8 @@ INPUT, OUTPUT, EXCEPTION, PARAMS, IGNORE = (
 VOLATILE = frozenset({"created", "updated", "processing:datetime"})
 MASK = "<volatile>"
 MAX_DIFFERENCES = 20
+# How long an exception.txt pattern may take to match (a fixture is not trusted code).
+MATCH_TIMEOUT_S = 2
 
 
 @dataclass(frozen=True)
@@ -91,13 +97,34 @@ def fixtures_of(notebook: Path) -> Path:
 
 
 def find_cases(fixtures: Path, selected: str | None = None) -> list[Case]:
-    """Every case under ``fixtures`` (those whose name contains ``selected``), sorted."""
+    """Every case under ``fixtures`` (those whose name contains ``selected``), sorted;
+    UsageError if one leads out of the tree (``check_case``)."""
     cases = [
         Case(entry.parent)
         for kind in KINDS
         for entry in sorted((fixtures / kind).glob(f"*/{INPUT}"))
     ]
-    return [c for c in cases if selected is None or selected in c.name]
+    cases = [c for c in cases if selected is None or selected in c.name]
+    for case in cases:
+        check_case(case, fixtures)
+    return cases
+
+
+def in_tree(path: Path, root: Path) -> bool:
+    """Whether ``path``, its symlinks followed, is inside ``root`` (resolved too)."""
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def check_case(case: Case, fixtures: Path) -> None:
+    """UsageError if the case folder or one of its files is a symlink out of ``fixtures``:
+    a fixture tree is data (a clone, a pull request), and ``--update`` writes into it."""
+    names = (INPUT, OUTPUT, EXCEPTION, *PARAMS)
+    for path in (case.folder, *(case.folder / name for name in names)):
+        if (path.exists() or path.is_symlink()) and not in_tree(path, fixtures):
+            raise UsageError(
+                f"golden case {case.name}: {path} leads out of {fixtures} (a symlink): "
+                "refusing to read or write it"
+            )
 
 
 def task_cases(path: Path, selected: str | None = None) -> tuple[Path, list[Case]]:
@@ -214,7 +241,7 @@ class GoldenRunner:
         self.notebook = notebook.resolve()
         self.fixtures = fixtures_of(notebook)
         self.volatile = ignored_keys(self.fixtures)
-        engine = engine or os.environ.get("NB2TASK_ENGINE") or None
+        engine = engine or settings.current().engine
         self.options = RunOptions(upload=False, save_workdir=True, engine=engine)
         self.runner = Runner(self.notebook, self.options)
 
@@ -232,6 +259,7 @@ class GoldenRunner:
         from .failure import context_lines
         from .publish import UrlOutput
 
+        check_case(case, self.fixtures)  # the pytest plugin makes its cases itself
         started = time.monotonic()
         workdir = Path(tempfile.mkdtemp(prefix="nb2task-golden-"))
         places = {
@@ -314,9 +342,16 @@ class GoldenRunner:
             return self._fail(outcome, f"no {EXCEPTION} yet: `nb2task test --update` records it")
         pattern = _read(case.golden)
         try:
-            matched = re.search(pattern, line)
+            matched = bounded_search(pattern, line)
         except re.error as err:
             return self._fail(outcome, f"{case.golden} is not a valid regex: {err}")
+        except TimeoutError:
+            return self._fail(
+                outcome,
+                f"{EXCEPTION}'s pattern took over {MATCH_TIMEOUT_S:g} s to match the error line "
+                f"(catastrophic backtracking?): {pattern!r}",
+                f"  the error line: {line}",
+            )
         if not matched:
             self._fail(
                 outcome,
@@ -337,7 +372,49 @@ def _read(path: Path) -> str:
 
 
 def _write(path: Path, text: str) -> None:
-    path.write_text(text, encoding="utf-8")
+    """Write a golden file atomically (a temporary file beside it, then a rename), never
+    through a symlink."""
+    if path.is_symlink():
+        raise UsageError(f"{path} is a symlink: --update does not write through it")
+    fd, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+def bounded_search(pattern: str, line: str) -> bool:
+    """Whether ``pattern`` matches in ``line``, given ``MATCH_TIMEOUT_S``: Python's
+    ``re`` cannot be interrupted (a backtracking pattern holds the GIL for hours), so it
+    runs in a forked child that is killed when time is up. re.error if the pattern is not
+    a regex, TimeoutError if time ran out."""
+    compiled = re.compile(pattern)  # re.error here, in the parent
+    read_end, write_end = os.pipe()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the child
+        pid = os.fork()  # only matches and exits
+    if pid == 0:  # the child
+        try:
+            os.close(read_end)
+            os.write(write_end, b"1" if compiled.search(line) else b"0")
+        finally:
+            os._exit(0)
+    os.close(write_end)
+    ready: list[int] = []
+    try:
+        ready, _, _ = select.select([read_end], [], [], MATCH_TIMEOUT_S)
+        answer = os.read(read_end, 1) if ready else b""
+    finally:
+        os.close(read_end)
+        if not ready:
+            os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
+    if not answer:
+        raise TimeoutError(f"the pattern took over {MATCH_TIMEOUT_S} s")
+    return answer == b"1"
 
 
 @contextmanager

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError, error_line, exit_code
-from .notebook import Notebook
+from .notebook import ENGINES, TASK_NAME, Notebook
 from .provenance import RUN_KEY, payload_digest, run_metadata
 
 logger = logging.getLogger(__name__)
@@ -30,6 +30,8 @@ INJECTED_TAG = "injected-parameters"
 REPLAY_WORKDIR = Path("local-output") / "replay"
 JUPYTER_PAYLOAD = "payload.json"
 JUPYTER_WORKDIR = "work"
+# A record is read whole; one larger than this is not a record nb2task wrote.
+MAX_RECORD_BYTES = 512 * 1024**2
 
 
 @dataclass(frozen=True)
@@ -67,19 +69,23 @@ class Record:
 
 def read_record(url: str | Path) -> Record:
     """The executed notebook at ``url`` (a path or an fsspec URL); UsageError if it is not
-    a record nb2task wrote."""
+    a record nb2task wrote, is over ``MAX_RECORD_BYTES``, or has a field of the wrong
+    shape (``record_problem``)."""
     text = str(url)
     try:
         if "://" in text:
             import fsspec
 
-            with fsspec.open(text, "r", encoding="utf-8") as f:
-                content = f.read()
+            with fsspec.open(text, "rb") as f:
+                data = f.read(MAX_RECORD_BYTES + 1)
         else:
-            content = Path(text).read_text(encoding="utf-8")
-        node = json.loads(content)
-    except (OSError, ValueError) as err:
-        raise UsageError(f"cannot read the record {text}: {err}") from None
+            with Path(text).open("rb") as f:
+                data = f.read(MAX_RECORD_BYTES + 1)
+        if len(data) > MAX_RECORD_BYTES:
+            raise UsageError(f"the record {text} is over {MAX_RECORD_BYTES // 1024**2} MB")
+        node = json.loads(data.decode("utf-8"))
+    except (OSError, ValueError, RecursionError) as err:
+        raise UsageError(f"cannot read the record {text}: {' '.join(str(err).split())}") from None
     if not isinstance(node, dict) or not isinstance(node.get("cells"), list):
         raise UsageError(f"{text} is not a notebook")
     record = Record(text, node)
@@ -89,7 +95,109 @@ def read_record(url: str | Path) -> Record:
             "run (or comes from an nb2task older than replay); run the notebook with "
             "`nb2task run` and the payload instead"
         )
+    problem = record_problem(record)
+    if problem:
+        raise UsageError(f"the record {text} cannot be replayed: {problem}")
     return record
+
+
+def _shown(value: Any) -> str:
+    return f"{value!r:.60}" if isinstance(value, str) else f"a {type(value).__name__}"
+
+
+def _parameters_problem(values: Any, field: str) -> str | None:
+    if not isinstance(values, dict):
+        return f"{field} must be a mapping, not {_shown(values)}"
+    bad = next((k for k in values if not (isinstance(k, str) and k.isidentifier())), None)
+    if bad is not None:
+        return f"{field} has a key that is not a parameter name: {_shown(bad)}"
+    return None
+
+
+def record_problem(record: Record) -> str | None:
+    """What is wrong with a field replay uses, in one phrase; None if nothing is.
+
+    A record is data from anywhere (a shared bucket, a bug report): every field that
+    becomes a file name, a parameter, an engine or a URL gets a run's own rules."""
+    run = record.run
+    task = run.get("task", {})
+    if not isinstance(task, dict):
+        return f"{RUN_KEY}.task must be a mapping, not {_shown(task)}"
+    name = task.get("name")
+    # The name becomes a file name: the task-name rule keeps it a single plain name.
+    if name is not None and not (isinstance(name, str) and TASK_NAME.fullmatch(name)):
+        return f"{RUN_KEY}.task.name {_shown(name)} is not a task name (letters, digits, '-')"
+    if not isinstance(task.get("version", ""), str):
+        return f"{RUN_KEY}.task.version must be a string, not {_shown(task['version'])}"
+    engine = run.get("engine")
+    if engine is not None and engine not in ENGINES:
+        return f"{RUN_KEY}.engine must be one of {', '.join(ENGINES)}, not {_shown(engine)}"
+    problem = _parameters_problem(run.get("parameters") or {}, f"{RUN_KEY}.parameters")
+    if problem:
+        return problem
+    keys = run.get("download_assets") or []
+    if not isinstance(keys, list) or not all(isinstance(k, str) and k for k in keys):
+        return f"{RUN_KEY}.download_assets must be a list of asset keys, not {_shown(keys)}"
+    payload = run.get("payload") or {}
+    if not isinstance(payload, dict):
+        return f"{RUN_KEY}.payload must be a mapping, not {_shown(payload)}"
+    for key, kind in (("url", str), ("digest", str), ("inline", dict)):
+        if payload.get(key) is not None and not isinstance(payload[key], kind):
+            return f"{RUN_KEY}.payload.{key} must be a {kind.__name__}, not {_shown(payload[key])}"
+    error = run.get("error")
+    if error is not None and not (isinstance(error, dict) and isinstance(error.get("line"), str)):
+        return f"{RUN_KEY}.error must be a mapping with a 'line' string, not {_shown(error)}"
+    section = record.node.get("metadata", {}).get("papermill", {})
+    if not isinstance(section, dict):
+        return f"metadata.papermill must be a mapping, not {_shown(section)}"
+    for key in ("input_path", "output_path"):
+        if section.get(key) is not None and not isinstance(section[key], str):
+            return f"metadata.papermill.{key} must be a string, not {_shown(section[key])}"
+    # --jupyter writes these as `name = value` lines of code.
+    problem = _parameters_problem(section.get("parameters") or {}, "metadata.papermill.parameters")
+    if problem:
+        return problem
+    for index, cell in enumerate(record.node["cells"]):
+        problem = _cell_problem(cell)
+        if problem:
+            return f"cells[{index}] {problem}"
+    return None
+
+
+def _cell_problem(cell: Any) -> str | None:
+    if not isinstance(cell, dict):
+        return f"must be a mapping, not {_shown(cell)}"
+    metadata = cell.get("metadata", {})
+    if not isinstance(metadata, dict):
+        return f"metadata must be a mapping, not {_shown(metadata)}"
+    tags = metadata.get("tags", [])
+    if not isinstance(tags, list) or not all(isinstance(t, str) for t in tags):
+        return f"tags must be a list of strings, not {_shown(tags)}"
+    source = cell.get("source", "")
+    if not isinstance(source, str) and not (
+        isinstance(source, list) and all(isinstance(line, str) for line in source)
+    ):
+        return f"source must be a string or a list of strings, not {_shown(source)}"
+    if not isinstance(cell.get("outputs", []), list):
+        return f"outputs must be a list, not {_shown(cell['outputs'])}"
+    return None
+
+
+def inside(folder: Path, name: str) -> Path:
+    """``folder / name``, UsageError if it resolves out of ``folder`` (a symlink there)."""
+    path = folder / name
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise UsageError(f"{path} leads out of {folder}: refusing to write there")
+    return path
+
+
+def write_new(path: Path, text: str) -> None:
+    """Write ``path``, which must not exist: replay never overwrites a file it did not make."""
+    try:
+        with path.open("x", encoding="utf-8") as f:
+            f.write(text)
+    except FileExistsError:
+        raise UsageError(f"{path} exists: replay does not overwrite it") from None
 
 
 def recorded_notebook(record: Record) -> dict[str, Any]:
@@ -141,8 +249,9 @@ def notebook_to_run(record: Record, given: Path | None, folder: Path) -> Path:
             source,
         )
     folder.mkdir(parents=True, exist_ok=True)
-    path = folder / f"{record.task_name or 'task'}.recorded.ipynb"
-    path.write_text(json.dumps(recorded, indent=1) + "\n", encoding="utf-8")
+    path = inside(folder, f"{record.task_name or 'task'}.recorded.ipynb")
+    path.unlink(missing_ok=True)  # a previous replay's: replaced, never written through
+    write_new(path, json.dumps(recorded, indent=1) + "\n")
     return path
 
 
@@ -294,7 +403,7 @@ def prepare_jupyter(
         document["features"] = download_assets(
             document.get("features", []), keys or [ALL_ASSETS], folder / "input-assets"
         )
-    (folder / JUPYTER_PAYLOAD).write_text(json.dumps(document, indent=2), encoding="utf-8")
+    write_new(inside(folder, JUPYTER_PAYLOAD), json.dumps(document, indent=2))
 
     node = copy.deepcopy(record.node)
     values = {**(record.papermill.get("parameters") or {})}
@@ -313,8 +422,8 @@ def prepare_jupyter(
             )
     node["cells"].insert(0, _replay_cell(record))
     node.get("metadata", {}).pop(RUN_KEY, None)
-    path = folder / f"{record.task_name or 'task'}.ipynb"
-    path.write_text(json.dumps(node, indent=1) + "\n", encoding="utf-8")
+    path = inside(folder, f"{record.task_name or 'task'}.ipynb")
+    write_new(path, json.dumps(node, indent=1) + "\n")
     return path
 
 

@@ -376,13 +376,18 @@ def _types_from_value(value: Any) -> tuple[str, ...]:
 
 def read_parameters_file(path: str | Path) -> dict[str, Any]:
     """Parameter values from a YAML or JSON file (``-f``, as papermill's): a mapping of
-    name to value. UsageError if it cannot be read or is not a mapping."""
-    import yaml
+    name to value. UsageError if it cannot be read, is not a mapping, or is too large
+    (``nb2task.safe_yaml``'s bounds on size and alias expansion)."""
+    from . import safe_yaml
 
+    where = f"-f {path}"
     try:
-        document = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, yaml.YAMLError) as err:
-        raise UsageError(f"-f {path}: cannot read parameters: {err}") from None
+        if Path(path).stat().st_size > safe_yaml.MAX_BYTES:
+            raise UsageError(f"{where}: over {safe_yaml.MAX_BYTES // 1024**2} MB")
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        raise UsageError(f"{where}: cannot read parameters: {err}") from None
+    document = safe_yaml.load(text, where)
     if document is None:
         return {}
     if not isinstance(document, dict) or not all(isinstance(k, str) for k in document):
