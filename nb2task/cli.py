@@ -21,10 +21,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from . import __version__
+from . import __version__, settings
 
 LOCAL_WORKDIR = "local-output"
-ENGINES = ("fork", "kernel")
+ENGINES = settings.ENGINES
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--update", action="store_true", help="write out.json / exception.txt from this run"
     )
     test.add_argument("-k", metavar="TEXT", help="only the cases whose name contains TEXT")
-    test.add_argument("--engine", choices=ENGINES, default=os.environ.get("NB2TASK_ENGINE") or None)
+    test.add_argument("--engine", choices=ENGINES, default=_current().engine)
 
     replay = commands.add_parser(
         "replay",
@@ -225,6 +225,11 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--image", help="image repository (default: nb2task/<name>)")
     build.add_argument("--tag", help="image tag prefix (default: the task version)")
     build.add_argument(
+        "--allow-url-requirements",
+        action="store_true",
+        help="allow requirements given as URLs (name @ https://...)",
+    )
+    build.add_argument(
         "--include",
         type=Path,
         action="append",
@@ -241,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     build.add_argument("--push", action="store_true", help="build, then push both images")
     build.add_argument(
         "--docker",
-        default=os.environ.get("NB2TASK_DOCKER", "docker"),
+        default=_current().docker,
         help="the docker client to run (default: $NB2TASK_DOCKER or docker)",
     )
     build.add_argument("--network", help="docker build --network (e.g. host)")
@@ -355,7 +360,7 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--engine",
         choices=ENGINES,
-        default=os.environ.get("NB2TASK_ENGINE") or None,
+        default=_current().engine,
         help="how cells run: fork (a child of a warm process per payload; the default on "
         "Linux) or kernel (a Jupyter kernel per payload; default for non-Python kernels); "
         "default: $NB2TASK_ENGINE, else the notebook's metadata",
@@ -370,7 +375,7 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     run.add_argument(
         "--log-output",
         action=argparse.BooleanOptionalAction,
-        default=os.environ.get("NB2TASK_LOG_OUTPUT", "") not in ("", "0"),
+        default=_current().log_output,
         help="stream the cells' output to the log as it comes (default: off, or "
         "$NB2TASK_LOG_OUTPUT; the executed notebook always has it)",
     )
@@ -386,7 +391,7 @@ def add_logging_argument(parser: argparse.ArgumentParser) -> None:
     """``--logging LEVEL``."""
     parser.add_argument(
         "--logging",
-        default=os.environ.get("NB2TASK_LOG_LEVEL", "INFO").upper(),
+        default=_current().log_level,
         type=str.upper,
         choices=("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"),
         help="log level (default: $NB2TASK_LOG_LEVEL or INFO)",
@@ -430,14 +435,18 @@ def _positive_int(text: str) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``nb2task`` console script."""
+    if (code := _check_settings()) is not None:
+        return code
     return _exit_at_once(_dispatch(build_parser().parse_args(argv)))
 
 
 def task_main(argv: list[str] | None = None) -> int:
     """Entry point of ``nb2task-task``: the image's notebook, from NB2TASK_NOTEBOOK."""
+    if (code := _check_settings()) is not None:
+        return code
     args = build_task_parser().parse_args(argv)
-    args.notebook = Path(os.environ.get("NB2TASK_NOTEBOOK", ""))
-    args.task_name = args.task_name or os.environ.get("NB2TASK_TASK_NAME") or None
+    args.notebook = Path(_current().notebook or "")
+    args.task_name = args.task_name or _current().task_name
     args.in_image = True  # a {"url"} payload is followed to s3:// only
     return _exit_at_once(_dispatch(args))
 
@@ -455,6 +464,23 @@ def _exit_at_once(code: int) -> int:
 
 
 _ran_a_notebook = False
+_settings: settings.Settings | None = None  # read first thing by main and task_main
+
+
+def _current() -> settings.Settings:
+    """The settings read at start (or now, for a parser made outside ``main``)."""
+    return _settings or settings.current()
+
+
+def _check_settings() -> int | None:
+    """Read every NB2TASK_* variable before anything else: a bad one ends the command
+    with its name (exit 2), before any work. None when all are good."""
+    global _settings
+    try:
+        _settings = settings.current()
+    except Exception as err:  # noqa: BLE001 - a UsageError, reported as every error is
+        return _report(err)
+    return None
 
 
 def _runner_ready() -> None:
@@ -705,6 +731,7 @@ def _build(args: argparse.Namespace) -> None:
         **({"base_image": args.base_image} if args.base_image else {}),
         image=args.image,
         tag=args.tag,
+        allow_url_requirements=args.allow_url_requirements,
         include=tuple(args.include),
         lambda_overrides={
             "memory_mb": args.lambda_memory,

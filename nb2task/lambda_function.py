@@ -17,6 +17,8 @@ import os
 from functools import cache
 from typing import Any
 
+from . import settings
+
 TIMEOUT_MARGIN_S = 20
 
 # Lambda's filesystem is read-only but for /tmp; Jupyter and matplotlib write here.
@@ -57,12 +59,13 @@ def _runner() -> Any:
     from .runner import retry_storage_errors
 
     retry_storage_errors()
+    current = settings.current()
     logs.configure(
-        os.environ.get("NB2TASK_LOG_LEVEL", "INFO"),
+        current.log_level,
         "[%(levelname)s] %(aws_request_id)s %(payload_id)s %(name)s: %(message)s",
         _context,
     )
-    notebook = os.environ.get("NB2TASK_NOTEBOOK")
+    notebook = current.notebook
     if not notebook:
         from .errors import UsageError
 
@@ -71,10 +74,10 @@ def _runner() -> Any:
     from .runner import Runner, RunOptions
 
     options = RunOptions(
-        task_name=os.environ.get("NB2TASK_TASK_NAME") or None,
-        engine=os.environ.get("NB2TASK_ENGINE") or None,
+        task_name=current.task_name,
+        engine=current.engine,
         local_indirection=False,  # an event's {"url"} must point at s3://
-        log_output=os.environ.get("NB2TASK_LOG_OUTPUT", "") not in ("", "0"),
+        log_output=current.log_output,
     )
     runner = Runner(notebook, options)
     if hasattr(runner.executor, "keep_spare"):
@@ -85,7 +88,7 @@ def _runner() -> Any:
 
 def _init() -> None:
     """Set up at import, in Lambda's init phase (where the image names its notebook)."""
-    if os.environ.get("NB2TASK_NOTEBOOK") and os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):
+    if os.environ.get("AWS_LAMBDA_FUNCTION_NAME"):  # in Lambda, not in a test's import
         # _runner is cached only when it succeeds: an error comes back with the first event.
         with contextlib.suppress(Exception):
             _runner()
@@ -98,6 +101,8 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
     _context.request_id = getattr(context, "aws_request_id", "-")
     _context.payload_id = str(event.get("id", "-")) if isinstance(event, dict) else "-"
     try:
+        settings.current()  # a bad setting is named by every invocation, not only the first
+        check_event(event)
         runner = _runner()
         from .publish import ReturnOutput
 
@@ -109,6 +114,18 @@ def lambda_handler(event: dict[str, Any], context: Any = None) -> dict[str, Any]
         raise with_dotted_name(err) from err
     finally:
         _context.payload_id = "-"
+
+
+def check_event(event: Any) -> None:
+    """InvalidInput unless ``event`` is a JSON object (a payload, or ``{"url": "s3://..."}``):
+    a bare string would be read as a local path, and None as stdin."""
+    if not isinstance(event, dict):
+        from .errors import invalid_input
+
+        raise invalid_input(
+            f'a Lambda event must be a JSON object (a payload or {{"url": "s3://..."}}), '
+            f"not {'null' if event is None else type(event).__name__}"
+        )
 
 
 def _time_left(context: Any) -> float | None:

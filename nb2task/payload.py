@@ -16,6 +16,7 @@ from typing import IO, Any
 
 from stactask.exceptions import InvalidInput
 
+from . import settings
 from .errors import UsageError
 from .paths import write_text_atomically
 from .runtime import absolute_href
@@ -23,16 +24,12 @@ from .runtime import absolute_href
 # The most a payload may weigh, and how deep its JSON may nest (a GeoJSON MultiPolygon is
 # 6 levels deep; a hostile payload 10 000 levels deep must not reach Python's recursion).
 MAX_PAYLOAD_MB_ENV = "NB2TASK_MAX_PAYLOAD_MB"
-DEFAULT_MAX_PAYLOAD_MB = 256
 MAX_DEPTH = 100
 
 
 def max_payload_bytes() -> int:
     """The size limit of a payload: ``NB2TASK_MAX_PAYLOAD_MB`` (default 256) MB."""
-    try:
-        return int(float(os.environ.get(MAX_PAYLOAD_MB_ENV, DEFAULT_MAX_PAYLOAD_MB)) * 1024**2)
-    except ValueError:
-        return DEFAULT_MAX_PAYLOAD_MB * 1024**2
+    return settings.current().max_payload_bytes
 
 
 def _too_large(where: str, limit: int) -> InvalidInput:
@@ -174,8 +171,20 @@ def load(
 def indirection(document: Any) -> str | None:
     """The URL a ``{"url"}``/``{"href"}`` document points at, if it is one."""
     if isinstance(document, dict) and "features" not in document:
-        target = document.get("url", document.get("href"))
-        if isinstance(target, str):
+        for key in ("url", "href"):
+            if key not in document:
+                continue
+            target = document[key]
+            # A wrong shape is the payload's fault (INVALID, never retried), not a TypeError.
+            if not isinstance(target, str) or not target:
+                shown = (
+                    "an empty string"
+                    if target == ""
+                    else "null"
+                    if target is None
+                    else type(target).__name__
+                )
+                raise InvalidInput(f'a {{"{key}"}} payload must be a URL string, not {shown}')
             return target
     return None
 

@@ -20,6 +20,8 @@ import time
 from collections.abc import Iterator
 from typing import IO
 
+from . import settings
+
 LOGGER_NAME = "nb2task.progress"
 logger = logging.getLogger(LOGGER_NAME)
 
@@ -190,7 +192,7 @@ def live_display(stream: IO[str] | None = None) -> LiveDisplay | None:
     """Show progress live on ``stream`` (stderr) if it is a terminal: the display takes
     the place of the root logger's stream handlers until ``finish``. None otherwise."""
     stream = stream or sys.stderr
-    if not stream.isatty() or os.environ.get("NB2TASK_PROGRESS") == "plain":
+    if not stream.isatty() or settings.current().progress == "plain":
         return None
     root = logging.getLogger()
     replaced = [h for h in root.handlers if type(h) is logging.StreamHandler]

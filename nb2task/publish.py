@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import uuid
 from abc import ABC, abstractmethod
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 
 from stactask.payload import Payload
 
+from . import settings
 from .assets import S3Client, upload_local_assets
 from .errors import Nb2TaskError, OutputError
 from .payload import check_output_url, write_json
@@ -28,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 # Cirrus' MAX_PAYLOAD_LENGTH: Step Functions' state limit, counted on escaped JSON.
 MAX_PAYLOAD_LENGTH = 120_000
-OVERSIZED_PREFIX = "tmp/oversized"
 
 
 class Publication:
@@ -172,14 +171,15 @@ class ReturnOutput(Output):
         length = len(json.dumps(payload))
         if length <= MAX_PAYLOAD_LENGTH:
             return payload
-        bucket = os.environ.get("NB2TASK_PAYLOAD_BUCKET") or os.environ.get("CIRRUS_PAYLOAD_BUCKET")
+        current = settings.current()
+        bucket = current.payload_bucket
         if not bucket:
             raise Nb2TaskError(
                 f"the output payload is {length} characters, over Cirrus' "
                 f"{MAX_PAYLOAD_LENGTH}, and neither NB2TASK_PAYLOAD_BUCKET nor "
                 "CIRRUS_PAYLOAD_BUCKET says where to put it"
             )
-        prefix = os.environ.get("NB2TASK_OVERSIZED_PREFIX", OVERSIZED_PREFIX).strip("/")
+        prefix = current.oversized_prefix
         url = f"s3://{bucket}/{prefix}/{uuid.uuid4()}.json"
         UrlOutput(url).write(payload)
         logger.info("output payload of %d characters written to %s", length, url)

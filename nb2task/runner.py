@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from . import progress
+from . import locks, progress
 from .engines import Executor, Limits, choose_engine, create_executor
 from .notebook import Notebook
 
@@ -161,13 +161,25 @@ class Runner:
         """Run the task on the payload at ``source`` (path, URL, stdin if None, or a
         parsed event); write the output payload to ``output`` and return what it returns.
         ``origin``: where a parsed ``source`` was read from, for the record."""
+        options = options or self.options
+        output.check()
+        with locks.hold(claimed_paths(options, output)):
+            return self._run(source, output, options, stdin, origin)
+
+    def _run(
+        self,
+        source: str | Path | dict[str, Any] | None,
+        output: Output,
+        options: RunOptions,
+        stdin: IO[str] | None,
+        origin: str | None,
+    ) -> dict[str, Any]:
+        """``run``, with its workdir and output file to itself."""
         from . import payload as payload_io
         from .errors import error_line, exit_code
         from .provenance import payload_section, stamp_error
         from .publish import Publication
 
-        options = options or self.options
-        output.check()
         document = payload_io.load(source, stdin, options.local_indirection)
         progress.begin(str(document.get("id") or "") or None)
         progress.stage("check", "the payload and its parameters")
@@ -220,6 +232,19 @@ class Runner:
                 record_uploaded=publication.record_uploaded,
             )
             progress.begin(None)  # this thread's later records are not this payload's
+
+
+def claimed_paths(options: RunOptions, output: Output) -> dict[str, Path]:
+    """What a run must have to itself: a given workdir, and an output that is a local
+    regular file (or will be); a temporary workdir, S3, stdout or a device are no one
+    else's."""
+    claims = {"--workdir": options.workdir} if options.workdir is not None else {}
+    url = getattr(output, "url", None)
+    if url is not None and ("://" not in url or url.startswith("file://")):
+        path = Path(url.removeprefix("file://"))
+        if not path.exists() or path.is_file():
+            claims["--output"] = path
+    return claims
 
 
 def outcome(
