@@ -21,6 +21,10 @@ machine. Each nb2task figure is measured under both engines (fork, kernel).
 (f) asset download and upload throughput against plain boto3, on the same files
 (g) what nb2task's runtime adds to stactask's installed dependencies (two venvs, sizes)
 (h) ``run --payloads`` over 1 000 payloads (fork engine): the process's memory stays flat
+(i) flood: a notebook that displays four 30 MB images, then raises: nb2task's own
+    process's peak memory (VmHWM; not the kernel's or the child's) against the memory the
+    generated Lambda definition asks for, and against the same process running the
+    minimal notebook; the record's and the HTML's sizes
 """
 
 from __future__ import annotations
@@ -59,7 +63,9 @@ AWS_ENV = {
     "AWS_DEFAULT_REGION": "us-east-1",
     "AWS_REGION": "us-east-1",
 }
-MEASURES = ("cold", "warm", "payloads", "large", "import", "memory", "transfer", "size", "many")
+MEASURES = (
+    "cold", "warm", "payloads", "large", "import", "memory", "transfer", "size", "many", "flood",
+)  # fmt: skip
 TARGETS = {
     "cold_ratio": 1.2,
     "warm_extra_ms": 30,
@@ -71,6 +77,7 @@ TARGETS = {
     "warm_private_mb": 20,
     "transfer_ratio": 0.9,
     "runtime_extra_mb": 40,
+    "flood_lambda_ratio": 0.5,
 }
 
 
@@ -480,6 +487,84 @@ def measure_many(tmp: Path, n: int = 1000) -> dict[str, Any]:
 # --- (f) transfer -------------------------------------------------------------------
 
 
+# --- (i) flood -------------------------------------------------------------------------
+
+FLOOD_IMAGE_MB = 30
+FLOOD_CELLS = (
+    'payload = "x.json"\nworkdir = "."\n',
+    "import base64, os\nfrom IPython.display import display\n"
+    "for i in range(4):\n"
+    f"    png = base64.b64encode(os.urandom({FLOOD_IMAGE_MB} * 1024 * 1024 * 3 // 4)).decode()\n"
+    "    display({'image/png': png, 'text/plain': f'image {i}'}, raw=True)\n"
+    "    del png",
+    "raise RuntimeError('after the flood')",
+)
+
+
+def own_peak_mb(command: list[str], cwd: Path) -> tuple[float, int]:
+    """The peak resident memory of ``command``'s own process (VmHWM, which only grows:
+    sampled to the end), not of what it starts; and its exit code."""
+    proc = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=cwd)
+    peak_kb = 0
+    while proc.poll() is None:
+        try:
+            for line in Path(f"/proc/{proc.pid}/status").read_text().splitlines():
+                if line.startswith("VmHWM:"):
+                    peak_kb = max(peak_kb, int(line.split()[1]))
+        except OSError:
+            pass  # it ended meanwhile
+        time.sleep(0.005)
+    return peak_kb / 1024, proc.returncode
+
+
+def measure_flood(tmp: Path, rounds: int) -> dict[str, Any]:
+    import nbformat
+
+    from nb2task.notebook import LambdaSettings
+
+    nb = nbformat.v4.new_notebook()
+    nb.metadata["kernelspec"] = {
+        "name": "python3",
+        "display_name": "Python 3",
+        "language": "python",
+    }
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in FLOOD_CELLS]
+    nb.cells[0].metadata["tags"] = ["parameters"]
+    flood = tmp / "flood" / "flood.ipynb"
+    flood.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, flood)
+    lambda_mb = LambdaSettings().memory_mb  # what `build` writes into the Lambda definition
+    results: dict[str, Any] = {"lambda_memory_mb": lambda_mb}
+    for engine in ENGINES:
+        peaks, anchors, exits = [], [], set()
+        for index in range(max(1, rounds // 2)):
+            workdir = tmp / f"flood-{engine}-{index}"
+            common = [str(PAYLOAD), "--no-upload", "--logging", "WARNING", "--engine", engine]
+            minimal = [str(BIN / "nb2task"), "run", str(NOTEBOOK), *common,
+                       "--output", str(tmp / "flood-anchor.json")]  # fmt: skip
+            anchors.append(own_peak_mb(minimal, REPO)[0])
+            out = tmp / "flood-out.json"
+            command = [str(BIN / "nb2task"), "run", str(flood), *common,
+                       "--workdir", str(workdir), "--output", str(out)]  # fmt: skip
+            peak, code = own_peak_mb(command, REPO)
+            peaks.append(peak)
+            exits.add(code)
+        record = workdir / "flood.executed.ipynb"
+        html = workdir / "flood.executed.html"
+        name = f"nb2task {engine}"
+        peak, anchor = median(peaks), median(anchors)
+        results[name] = {
+            "own_peak_mb": peak,
+            "minimal_own_peak_mb": anchor,
+            "lambda_ratio": peak / lambda_mb,
+            "minimal_ratio": peak / anchor,
+            "exit_codes": sorted(exits),
+            "record_mb": record.stat().st_size / 2**20 if record.exists() else None,
+            "html_mb": html.stat().st_size / 2**20 if html.exists() else None,
+        }
+    return results
+
+
 def measure_transfer(moto: MotoServer, tmp: Path, rounds: int, mb: int = 32) -> dict[str, Any]:
     """Three ``mb`` MB files up and down: nb2task's asset I/O against plain boto3."""
     import boto3
@@ -655,6 +740,19 @@ def table(results: dict[str, Any]) -> list[str]:
         early, end = m["process_pss_mb_early"], m["process_pss_mb_end"]
         cells = f"{early:.0f} → {end:.0f} ({m['tree_pss_mb_peak']:.0f})"
         add(label, (cells, ""), "flat")
+    if "flood" in results:
+        f = results["flood"]
+
+        def cell(engine: str) -> str:
+            r = f[f"nb2task {engine}"]
+            return (
+                f"{r['own_peak_mb']:.0f} MB = {r['lambda_ratio']:.2f}× (minimal "
+                f"{r['minimal_ratio']:.1f}×), record {r['record_mb'] or 0:.1f} MB, "
+                f"HTML {r['html_mb'] or 0:.1f} MB, exit {r['exit_codes']}"
+            )
+
+        add(f"(i) flood 4×{FLOOD_IMAGE_MB} MB: own peak × Lambda's {f['lambda_memory_mb']} MB",
+            (cell("fork"), cell("kernel")), f"≤ {t['flood_lambda_ratio']}×")  # fmt: skip
     widths = [max(len(r[i]) for r in rows) for i in range(4)]
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
 
@@ -690,6 +788,7 @@ def main() -> None:
                 ("transfer", lambda: measure_transfer(moto, tmp, rounds)),
                 ("size", lambda: measure_size(tmp)),
                 ("many", lambda: measure_many(tmp)),
+                ("flood", lambda: measure_flood(tmp, rounds)),
             ]
             for key, measure in steps:
                 if key in only and (key != "payloads" or "cold" in results):

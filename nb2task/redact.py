@@ -45,10 +45,37 @@ def redact(text: str, found: dict[str, str] | None = None) -> str:
 
 def redact_notebook(node: Any, found: dict[str, str] | None = None) -> None:
     """Redact, in place, every piece of text in a notebook: sources, outputs (streams,
-    display data, errors and tracebacks) and metadata (the injected parameters)."""
+    display data, errors and tracebacks) and metadata (the injected parameters), keys as
+    well as values (a MIME type, a metadata key). Consecutive stream outputs of one name
+    are merged first, as Jupyter shows them: a secret printed in two flushes is whole."""
     found = secrets() if found is None else found
     if found:
+        for cell in node.get("cells", []) if isinstance(node, dict) else []:
+            if isinstance(cell, dict) and isinstance(cell.get("outputs"), list):
+                merge_streams(cell["outputs"])
         _walk(node, found)
+
+
+def merge_streams(outputs: list[Any]) -> None:
+    """Merge, in place, consecutive ``stream`` outputs of the same name into one."""
+    merged: list[Any] = []
+    for out in outputs:
+        before = merged[-1] if merged else None
+        if (
+            isinstance(out, dict)
+            and isinstance(before, dict)
+            and out.get("output_type") == before.get("output_type") == "stream"
+            and out.get("name") == before.get("name")
+        ):
+            before["text"] = _joined(before.get("text", "")) + _joined(out.get("text", ""))
+        else:
+            merged.append(out)
+    if len(merged) != len(outputs):
+        outputs[:] = merged
+
+
+def _joined(text: Any) -> str:
+    return "".join(text) if isinstance(text, list) else str(text)
 
 
 def appears_in(text: str, found: dict[str, str]) -> bool:
@@ -68,6 +95,11 @@ def _walk(value: Any, found: dict[str, str]) -> Any:
             redacted = _walk(element, found)
             if redacted is not element:
                 value[key] = redacted
+        if any(isinstance(key, str) and redact(key, found) != key for key in value):
+            # A secret as a key (a MIME type, a metadata key): rebuilt, order kept.
+            items = [(redact(k, found) if isinstance(k, str) else k, v) for k, v in value.items()]
+            value.clear()
+            value.update(items)
     elif isinstance(value, list):
         for index, element in enumerate(value):
             redacted = _walk(element, found)

@@ -150,8 +150,9 @@ def comparable(nb: dict[str, Any], kind: str | None) -> dict[str, Any]:
             outputs = [_plain(o) for o in copy.deepcopy(cell.get("outputs", []))]
             if kind in (STOP, DIES):
                 outputs = [o for o in outputs if not _is_stop(o)]
-            if kind == TIMING:
-                outputs = _merged_streams(outputs)
+            # nb2task merges consecutive streams as they arrive (as Jupyter shows them,
+            # and so a secret printed in pieces is redacted): compare them merged.
+            outputs = _merged_streams(outputs)
             count = None if kind == DIES else cell.get("execution_count")
             entry.update(outputs=outputs, count=count)
         cells.append(entry)

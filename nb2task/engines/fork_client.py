@@ -107,8 +107,9 @@ class ForkClient:
         timeout: float | None,
         stopping: Callable[[], BaseException | None] = lambda: None,
     ) -> None:
-        from papermill.clientwrap import PapermillNotebookClient
         from papermill.log import logger
+
+        from .papermill_engines import BoundedOutputClient
 
         self.nb_man = nb_man
         self.child = child
@@ -116,8 +117,9 @@ class ForkClient:
         self.timeout = timeout
         self.stopping = stopping  # why the run is being stopped, if it is
         self.run_deadline = time.monotonic() + timeout if timeout else None
-        # papermill's nbclient client, used for what it does with a kernel's messages.
-        self.nbclient = PapermillNotebookClient(nb_man, log=logger, log_output=log_output)
+        # papermill's nbclient client, used for what it does with a kernel's messages
+        # (with the record's limits on what it keeps).
+        self.nbclient = BoundedOutputClient(nb_man, log=logger, log_output=log_output)
         self.nbclient.kc = _BackToTheChild(self)
         self.to_child: list[messages.Jupyter] = []  # sent between cells, as a kernel reads them
         self.running = ""  # the execute request's msg_id, and its cell's index

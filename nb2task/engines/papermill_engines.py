@@ -29,6 +29,7 @@ from papermill.translators import PythonTranslator, papermill_translators
 from papermill.utils import merge_kwargs, remove_args
 
 from .. import progress
+from ..errors import OutputError
 from ..paths import write_text_atomically
 from ..redact import appears_in, redact_notebook, secrets
 
@@ -51,7 +52,13 @@ def write_notebook(nb: Any, path: str | Path, found_secrets: dict[str, str]) -> 
     if found_secrets and appears_in(text, found_secrets):
         redact_notebook(nb, found_secrets)
         text = json.dumps(nb, ensure_ascii=False)
-    write_text_atomically(path, text, mode=0o644)
+    try:
+        write_text_atomically(path, text, mode=0o644)
+    except OSError as err:  # a full disk, a quota: the run's own fault to report, once
+        raise OutputError(
+            f"cannot save the executed notebook to {path}: {err.strerror or err} "
+            "(the last whole save is kept)"
+        ) from None
 
 
 class SavingManager(NotebookExecutionManager):  # type: ignore[misc]
@@ -211,7 +218,40 @@ def _child_of_its_own(cwd: str) -> Iterator[Any]:
         parent.close()
 
 
-class SlicedPollingClient(PapermillNotebookClient):  # type: ignore[misc]
+class BoundedOutputClient(PapermillNotebookClient):  # type: ignore[misc]
+    """papermill's nbclient client, keeping in the notebook only what the record's limits
+    allow, as each output arrives (``nb2task.record_limits``): both engines apply the
+    kernel's messages with it, so nb2task never holds a flood, only its first part."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        from ..record_limits import OutputBudget
+
+        super().__init__(*args, **kwargs)
+        self.budget = OutputBudget.from_settings()
+
+    def output(self, outs: list[Any], msg: dict[str, Any], display_id: Any, cell_index: int) -> Any:
+        count = len(outs)
+        out = super().output(outs, msg, display_id, cell_index)
+        if out is None or not outs or outs[-1] is not out:
+            return out  # an Output widget's (in its state), or nothing
+        if len(outs) != count + 1:  # a delayed clear_output emptied the cell first
+            self.budget.recount(outs[:-1], cell_index)
+        return self.budget.admit(outs, cell_index, may_drop=not display_id)
+
+    def clear_output(self, outs: list[Any], msg: dict[str, Any], cell_index: int) -> None:
+        super().clear_output(outs, msg, cell_index)
+        self.budget.recount(outs, cell_index)
+
+    def _update_display_id(self, display_id: str, msg: dict[str, Any]) -> None:
+        super()._update_display_id(display_id, msg)
+        for cell_index, indices in self._display_id_map.get(display_id, {}).items():
+            outputs = self.nb["cells"][cell_index]["outputs"]
+            for index in indices:
+                if index < len(outputs):
+                    self.budget.bound_in_place(outputs, index, cell_index)
+
+
+class SlicedPollingClient(BoundedOutputClient):
     """papermill's nbclient client, waiting for the kernel's messages a second at a time.
 
     nbclient's ``Output`` widget mimic sends its state on the shell channel while another
