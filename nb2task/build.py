@@ -15,15 +15,19 @@ import logging
 import re
 import shutil
 import tempfile
+import unicodedata
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import nbformat
+from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 from . import __version__
 from .errors import BuildError
+from .image_ref import check_reference, check_repository
 from .notebook import BatchSettings, LambdaSettings, Notebook
 from .render import render
 from .workflow import write_workflows
@@ -44,8 +48,6 @@ LAMBDA_MAX_STORAGE_MB = 10_240
 # Packages that rarely fit a 10 GB Lambda image or its 15 minutes.
 HEAVY_PACKAGES = {"torch", "tensorflow", "jax", "jaxlib", "cupy", "triton"}
 
-_REQUIREMENT_NAME = re.compile(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)(\[[^\]]*\])?\s*(.*)$")
-
 
 @dataclass(frozen=True)
 class BuildOptions:
@@ -60,6 +62,7 @@ class BuildOptions:
     include: tuple[Path, ...] = ()
     lambda_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
     batch_overrides: dict[str, Any] = dataclasses.field(default_factory=dict)
+    allow_url_requirements: bool = False
 
 
 @dataclass(frozen=True)
@@ -80,7 +83,12 @@ def build_context(notebook_path: str | Path, options: BuildOptions) -> BuildCont
     name = notebook.name  # Notebook.load checked it (the task-name rule)
     lambda_settings = _override(notebook.settings.lambda_, options.lambda_overrides)
     batch_settings = _override(notebook.settings.batch, options.batch_overrides)
-    requirements = pinned_requirements(notebook, options.requirements_file)
+    check_reference(options.base_image, "--base-image")
+    if options.image is not None:
+        check_repository(options.image, "--image")
+    requirements = pinned_requirements(
+        notebook, options.requirements_file, options.allow_url_requirements
+    )
     image = options.image or f"nb2task/{name}"
     tag = options.tag or notebook.settings.version
     if not DOCKER_TAG.fullmatch(f"{tag}-lambda"):
@@ -123,7 +131,12 @@ def build_context(notebook_path: str | Path, options: BuildOptions) -> BuildCont
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        _write_context(staging, notebook, notebook_file, requirements, options.include, values)
+        try:
+            _write_context(staging, notebook, notebook_file, requirements, options.include, values)
+        except UnicodeEncodeError as error:
+            # A lone surrogate (a "\ud800" escape in the notebook's JSON) is not text.
+            text = error.object[error.start : error.end]
+            raise BuildError(f"the notebook holds text that is not Unicode ({text!r})") from None
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -191,43 +204,93 @@ def container_properties(image: str, batch: BatchSettings) -> str:
     return json.dumps(properties, indent=2, sort_keys=True)
 
 
-def pinned_requirements(notebook: Notebook, requirements_file: Path | None) -> list[str]:
+def parse_requirement(text: str, where: str, allow_url: bool = False) -> Requirement:
+    """``text`` as one plain requirement (``name[extras] specifier ; marker``); BuildError
+    naming it and ``where`` for pip options, control characters (a newline would add a
+    line to requirements.txt) and URL requirements unless ``allow_url``."""
+    from packaging.requirements import InvalidRequirement
+
+    bad = [c for c in text if unicodedata.category(c) == "Cc"]
+    if bad:
+        raise BuildError(f"requirement {text!r} ({where}) has control characters: one per line")
+    if text.lstrip().startswith("-"):
+        raise BuildError(f"requirement {text!r} ({where}) is a pip option: not allowed")
+    try:
+        requirement = Requirement(text)
+    except InvalidRequirement as error:
+        raise BuildError(f"requirement {text!r} ({where}) cannot be read: {error}") from None
+    if requirement.url and not allow_url:
+        raise BuildError(
+            f"requirement {text!r} ({where}) is a URL requirement: pass "
+            "--allow-url-requirements to allow it"
+        )
+    return requirement
+
+
+def is_pinned(requirement: Requirement) -> bool:
+    """Whether ``requirement`` names one exact version (``==X``, no wildcard) or a URL."""
+    if requirement.url:
+        return True
+    specs = list(requirement.specifier)
+    return len(specs) == 1 and specs[0].operator in ("==", "===") and "*" not in specs[0].version
+
+
+def read_requirements_file(path: Path) -> list[tuple[str, str]]:
+    """The requirements in a requirements file, as ``(where, line)``, with pip's comment
+    rule (`` #`` or a leading ``#`` starts a comment) and blank lines skipped."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise BuildError(f"cannot read requirements file {path}: {error}") from None
+    found = []
+    for number, line in enumerate(text.splitlines(), start=1):
+        line = re.sub(r"(^|\s+)#.*$", "", line).strip()
+        if line:
+            found.append((f"{path.name} line {number}", line))
+    return found
+
+
+def pinned_requirements(
+    notebook: Notebook, requirements_file: Path | None, allow_url: bool = False
+) -> list[str]:
     """The task's requirements, each pinned (``==``): to the version installed here when
-    the source leaves it open, since that is the version the notebook was tried with."""
-    source = requirement_lines(notebook, requirements_file)
+    the source leaves it open, since that is the version the notebook was tried with.
+    Each is written as ``str(Requirement)``: what reaches requirements.txt was parsed."""
     pinned = []
-    for line in source:
-        match = _REQUIREMENT_NAME.match(line)
-        if not match:
-            raise BuildError(f"cannot read requirement {line!r}")
-        name, extras, spec = match.group(1), match.group(2) or "", match.group(3).strip()
-        if spec.startswith("==") and "*" not in spec:
-            pinned.append(f"{name}{extras}{spec.replace(' ', '')}")
-            continue
-        try:
-            installed = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            raise BuildError(
-                f"requirement {line!r} is not pinned and {name} is not installed here to pin "
-                f"it to: write {name}==VERSION"
-            ) from None
-        pinned.append(f"{name}{extras}=={installed}")
+    for where, line in requirement_sources(notebook, requirements_file):
+        requirement = parse_requirement(line, where, allow_url)
+        if not is_pinned(requirement):
+            try:
+                installed = metadata.version(requirement.name)
+            except metadata.PackageNotFoundError:
+                raise BuildError(
+                    f"requirement {line!r} is not pinned ({where}) and {requirement.name} is "
+                    f"not installed here to pin it to: write {requirement.name}==VERSION"
+                ) from None
+            requirement.specifier = SpecifierSet(f"=={installed}")
+        pinned.append(str(requirement))
     return sorted(set(pinned), key=str.lower)
 
 
-def requirement_lines(notebook: Notebook, requirements_file: Path | None = None) -> list[str]:
-    """The task's requirements as written: ``requirements_file``, else the notebook's
-    metadata, else a ``requirements.txt`` beside the notebook."""
+def requirement_sources(
+    notebook: Notebook, requirements_file: Path | None = None
+) -> list[tuple[str, str]]:
+    """The task's requirements as written, with where each came from:
+    ``requirements_file``, else the notebook's metadata, else a ``requirements.txt``
+    beside the notebook."""
     if requirements_file is not None:
-        text = requirements_file.read_text(encoding="utf-8")
-    elif notebook.settings.requirements:
-        return list(notebook.settings.requirements)
-    elif (beside := notebook.path.with_name("requirements.txt")).exists():
-        text = beside.read_text(encoding="utf-8")
-    else:
-        return []
-    lines = [line.split("#", 1)[0].strip() for line in text.splitlines()]
-    return [line for line in lines if line and not line.startswith("-")]
+        return read_requirements_file(requirements_file)
+    if notebook.settings.requirements:
+        where = "metadata nb2task.requirements"
+        return [(where, line) for line in notebook.settings.requirements]
+    if (beside := notebook.path.with_name("requirements.txt")).exists():
+        return read_requirements_file(beside)
+    return []
+
+
+def requirement_lines(notebook: Notebook, requirements_file: Path | None = None) -> list[str]:
+    """The task's requirements as written (see ``requirement_sources``)."""
+    return [line for _, line in requirement_sources(notebook, requirements_file)]
 
 
 def lambda_fit_warnings(settings: LambdaSettings, requirements: list[str]) -> tuple[str, ...]:

@@ -258,11 +258,22 @@ def _called(node: ast.Call) -> str:
 
 
 def _requirements(notebook: Notebook) -> Iterator[Finding]:
-    """Requirements the image would pin to whatever is installed where it is built."""
-    from .build import requirement_lines
+    """Requirements nb2task build refuses, or pins to whatever is installed where it runs."""
+    from .build import is_pinned, parse_requirement, requirement_sources
+    from .errors import BuildError
 
-    for line in requirement_lines(notebook):
-        if "==" not in line or "*" in line:
+    try:
+        sources = requirement_sources(notebook)
+    except BuildError as error:
+        yield Finding("bad-requirement", ERROR, str(error))
+        return
+    for where, line in sources:
+        try:
+            requirement = parse_requirement(line, where, allow_url=True)
+        except BuildError as error:
+            yield Finding("bad-requirement", ERROR, str(error))
+            continue
+        if not is_pinned(requirement):
             yield Finding(
                 "unpinned-requirement",
                 WARNING,

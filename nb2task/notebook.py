@@ -11,6 +11,7 @@ import dataclasses
 import json
 import logging
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ METADATA_KEY = "nb2task"
 # resource names; FilmDrop allows letters, digits and '-' only. One rule everywhere.
 TASK_NAME = re.compile(r"[A-Za-z0-9]+(-[A-Za-z0-9]+)*")
 ENGINES = ("fork", "kernel")
+MAX_DESCRIPTION = 256
 
 
 def normalise_task_name(stem: str) -> str:
@@ -145,8 +147,8 @@ class TaskSettings:
             )
         return cls(
             name=name,
-            version=str(metadata.get("version", "0.1.0")),
-            description=str(metadata.get("description", "")),
+            version=_version(metadata.get("version", "0.1.0")),
+            description=_description(metadata.get("description", "")),
             download_assets=_str_list(metadata.get("download_assets", ()), "download_assets"),
             requirements=_str_list(metadata.get("requirements", ()), "requirements"),
             engine=engine,
@@ -154,6 +156,36 @@ class TaskSettings:
             lambda_=_section(LambdaSettings, metadata.get("lambda"), "lambda"),
             batch=_section(BatchSettings, metadata.get("batch"), "batch"),
         )
+
+
+def _version(value: Any) -> str:
+    """The task version: a PEP 440 version, normalized. It reaches image tags, labels and
+    YAML, so it is checked whatever ``--tag`` says."""
+    from packaging.version import InvalidVersion, Version
+
+    where = f"notebook metadata '{METADATA_KEY}.version'"
+    if not isinstance(value, str):
+        raise NotebookError(f"{where} must be a string, got {value!r}")
+    try:
+        return str(Version(value))
+    except InvalidVersion:
+        raise NotebookError(f"{where}: {value!r} is not a version (PEP 440)") from None
+
+
+def _description(value: Any) -> str:
+    """The task description: one line of text (it becomes an image label)."""
+    where = f"notebook metadata '{METADATA_KEY}.description'"
+    if not isinstance(value, str):
+        raise NotebookError(f"{where} must be a string, got {value!r}")
+    bad = sorted({c for c in value if unicodedata.category(c) in ("Cc", "Cs")})
+    if bad:
+        raise NotebookError(
+            f"{where} {value!r} has control characters ({', '.join(map(repr, bad))}): "
+            "one line of text"
+        )
+    if len(value) > MAX_DESCRIPTION:
+        raise NotebookError(f"{where} is over {MAX_DESCRIPTION} characters")
+    return value
 
 
 def _str_list(value: Any, key: str) -> tuple[str, ...]:

@@ -92,13 +92,24 @@ class TaskSource:
         """The notebook at ``path``, or the context in the folder ``path``."""
         if not path.is_dir():
             return cls(path)
-        import yaml
+        from . import safe_yaml
+        from .notebook import TASK_NAME
 
         definition_file = path / "definition.yaml"
         if not definition_file.is_file():
             raise UsageError(f"{path} is a folder but not an nb2task build context")
-        definition = yaml.safe_load(definition_file.read_text(encoding="utf-8"))
-        notebook = path / "notebook" / f"{definition['name']}.ipynb"
+        try:
+            text = definition_file.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as err:
+            raise UsageError(f"cannot read {definition_file}: {err}") from None
+        definition = safe_yaml.load(text, str(definition_file))
+        if not isinstance(definition, dict):
+            raise UsageError(f"{definition_file} is not a mapping")
+        name = definition.get("name")
+        # The name becomes a file name below: the task-name rule keeps it in the context.
+        if not isinstance(name, str) or not TASK_NAME.fullmatch(name):
+            raise UsageError(f"{definition_file}: 'name' must be a task name, not {name!r:.80}")
+        notebook = path / "notebook" / f"{name}.ipynb"
         if not notebook.is_file():
             raise UsageError(f"build context {path} has no notebook/{notebook.name}")
         return cls(notebook, definition)
@@ -300,7 +311,9 @@ def register(batch: Any, task: str, source: TaskSource, options: SubmitOptions) 
     spec = source.definition["batch"]
     properties = json.loads(spec["container_properties"])
     if options.image:
-        properties["image"] = options.image
+        from .image_ref import check_reference
+
+        properties["image"] = check_reference(options.image, "--image")
     else:
         logger.warning("registering with image %s (pass --image URI)", properties["image"])
     if options.job_role:

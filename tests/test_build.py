@@ -193,7 +193,7 @@ def test_metadata_text_cannot_break_the_files(tmp_path: Path) -> None:
     nb = write_notebook(
         tmp_path / "odd.ipynb",
         'payload = "x"\nmode: str = "a"  # one | two',
-        metadata={"description": 'say "hi"\nand a second line'},
+        metadata={"description": 'say "hi" to ${HOME} and `id` \\ twice'},
     )
     result = run_cli("build", nb, "-o", tmp_path / "ctx")
     assert result.returncode == 0, result.stderr
@@ -209,4 +209,11 @@ def test_metadata_text_cannot_break_the_files(tmp_path: Path) -> None:
     bad = write_notebook(tmp_path / "v.ipynb", 'payload = "x"', metadata={"version": "1.0 beta"})
     result = run_cli("build", bad, "-o", tmp_path / "ctx2")
     assert result.returncode == 2
-    assert "is not a valid Docker tag" in result.last_stderr_line
+    assert "'1.0 beta' is not a version" in result.last_stderr_line
+    # A newline is refused outright, not only in the description.
+    bad = write_notebook(
+        tmp_path / "d.ipynb", 'payload = "x"', metadata={"description": "one\ntwo"}
+    )
+    result = run_cli("build", bad, "-o", tmp_path / "ctx3")
+    assert result.returncode == 2
+    assert "nb2task.description" in result.last_stderr_line
