@@ -275,6 +275,11 @@ def _checked(node: dict[str, Any], path: Path) -> dict[str, Any]:
     problem = structure_problem(node)
     if problem:
         raise NotebookError(f"cannot read notebook {path}: {problem}")
+    try:  # a lone surrogate (a \ud800 escape in the JSON) is no text: no save could write it
+        json.dumps(node, ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError as err:
+        bad = err.object[err.start : err.end]
+        raise NotebookError(f"cannot read notebook {path}: it holds {bad!r}, not text") from None
     for cell in node["cells"]:
         source = cell.get("source", "")
         cell["source"] = "".join(source) if isinstance(source, list) else source

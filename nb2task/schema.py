@@ -169,6 +169,11 @@ class ParameterSchema:
             raise NotebookError(
                 f"the parameters cell is not valid Python (line {err.lineno}: {err.msg})"
             ) from err
+        except UnicodeEncodeError as err:  # a lone surrogate (a \ud800 escape in the JSON)
+            raise NotebookError(
+                f"the parameters cell holds a character that is not text ({err.reason}: "
+                f"{err.object[err.start : err.end]!r})"
+            ) from err
         comments = _trailing_comments(source)
         params: list[Parameter] = []
         reserved: set[str] = set()

@@ -231,3 +231,40 @@ def test_good_settings_are_taken() -> None:
     assert defaults.max_payload_bytes == 256 * 1024**2 and defaults.engine is None
     # Every setting the module reads is a field, and the docs name each.
     assert len(settings.SETTINGS) == len(settings.Settings.__dataclass_fields__)
+
+
+@pytest.mark.parametrize("where", ["parameters", "code", "markdown", "metadata"])
+@pytest.mark.parametrize("command", ["run", "inspect", "lint", "build"])
+def test_a_lone_surrogate_in_a_notebook_is_refused_by_name(
+    where: str, command: str, tmp_path: Path
+) -> None:
+    """JSON can escape half a surrogate pair (``\\ud800``), which is no text: no save, YAML
+    or Dockerfile could write it. Every command refuses the notebook, exit 2."""
+    notebook = write_notebook(
+        tmp_path / "nb" / "bad.ipynb",
+        PARAMETERS + 'x = "PARAM"\n',
+        "import nb2task\ns = 'CODE'\nnb2task.emit(nb2task.read_items(payload))",
+        markdown="MARKDOWN",
+        metadata={"description": "METADATA"},
+    )
+    marker = {"parameters": "PARAM"}.get(where, where.upper())
+    text = notebook.read_text().replace(marker, "\\ud800")
+    assert "\\ud800" in text
+    notebook.write_text(text)
+    payload = tmp_path / "in.json"
+    payload.write_text(json.dumps(make_payload()))
+    args = {
+        "run": ["run", notebook, payload, "--local"],
+        "inspect": ["inspect", notebook],
+        "lint": ["lint", notebook],
+        "build": ["build", notebook, "-o", tmp_path / "context"],
+    }[command]
+    result = run_cli(*args, cwd=tmp_path)
+    if command == "lint":  # lint reports what it cannot read as an error finding
+        assert result.returncode == 1, result.stderr
+        assert "it holds '\\ud800', not text" in result.stdout
+        return
+    assert result.returncode == 2, result.stderr
+    assert result.last_stderr_line.startswith("nb2task.errors.NotebookError: "), result.stderr
+    assert "'\\ud800'" in result.last_stderr_line
+    assert "Traceback" not in result.stderr
