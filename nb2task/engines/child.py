@@ -20,11 +20,12 @@ import socket
 import sys
 import threading
 
+from .. import settings
 from . import kernel_shim, messages, pools, processes, shell
 
 EXIT_CRASHED = 70  # the child's own machinery failed (not the notebook)
-# Set (by the bench) to report each run's private memory: reading it costs ~3 ms a process.
-MEMORY_ENV = "NB2TASK_MEMORY_STATS"
+# NB2TASK_MEMORY_STATS (set by the bench) reports each run's private memory: reading it
+# costs ~3 ms a process.
 
 
 def become_child(
@@ -109,7 +110,7 @@ def serve(prepared: shell.KernelLikeShell, sock: socket.socket, parent_threads: 
     stop.set()
     shell.flush_streams()
     with contextlib.suppress(OSError):
-        channel.send(messages.Bye(private_memory_kb() if os.environ.get(MEMORY_ENV) else None))
+        channel.send(messages.Bye(private_memory_kb() if settings.current().memory_stats else None))
 
 
 def private_memory_kb() -> int | None:

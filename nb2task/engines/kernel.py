@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,10 @@ class KernelLauncher:
         self._retiring: list[concurrent.futures.Future[Any]] = []
         self._lock = threading.Lock()
         self.keep_spare = False
+        # What escapes a kernel that dies (a daemon of its own session) comes back to
+        # us, not to init, to be found and killed; and as PID 1 in a container, we are
+        # whom orphans come to anyway.
+        processes.become_subreaper()
 
     def prestart(self, cwd: Path) -> None:
         """Start a kernel for a notebook in ``cwd`` now, unless one is already starting."""
@@ -75,10 +80,10 @@ class KernelLauncher:
             if self.keep_spare:
                 self.prestart(cwd)
 
-    def retire(self, km: Any) -> None:
+    def retire(self, km: Any, killed: Iterable[int] = ()) -> None:
         """Shut a used kernel down in the background: the result need not wait for it."""
         with self._lock:
-            self._retiring.append(self._pool.submit(shutdown, km))
+            self._retiring.append(self._pool.submit(shutdown, km, killed))
 
     def discard(self) -> None:
         """Shut down kernels started but not taken, and wait for retiring ones."""
@@ -148,23 +153,37 @@ def kernel_pid(km: Any) -> int | None:
     return getattr(process, "pid", None)
 
 
-def sweep(km: Any) -> None:
-    """Kill what the notebook started: below the kernel (a subreaper), and by mark."""
+def sweep(km: Any, since: int | None = None) -> list[int]:
+    """Kill what the notebook started: below the kernel (a subreaper); what escaped it
+    when the kernel died (adopted by us, a subreaper too, since ``since``); and by mark.
+    The pids killed below the kernel, to reap once it is gone."""
     pid = kernel_pid(km)
+    mark = private_dir(km).name
+    below = processes.below(pid) if pid is not None else []
     if pid is not None:
         processes.kill_tree(pid)
-    processes.kill_marked(private_dir(km).name)
+    if since is not None:
+        keep = {pid}
+
+        def ours(child: int) -> bool:  # our kernels, and those starting for other runs
+            return child in keep or processes.marked_otherwise(child, mark)
+
+        processes.reap(processes.kill_adopted(since, ours))
+    processes.kill_marked(mark)
+    return below
 
 
-def shutdown(km: Any) -> None:
-    """Stop a kernel at once, and whatever it started: its notebook is saved."""
-    sweep(km)
+def shutdown(km: Any, killed: Iterable[int] = ()) -> None:
+    """Stop a kernel at once, and whatever it started: its notebook is saved. ``killed``:
+    processes killed below it, ours to reap once it is gone."""
+    killed = [*killed, *sweep(km)]
     try:
         asyncio.run(km.shutdown_kernel(now=True))
     except Exception as err:  # noqa: BLE001 - a kernel that will not die is killed below
         logger.warning("kernel shutdown: %s", err)
         kill(km)
     processes.kill_marked(private_dir(km).name)
+    processes.reap(killed)
     shutil.rmtree(private_dir(km), ignore_errors=True)
 
 
@@ -234,6 +253,7 @@ class KernelExecutor(Executor):
 
         stats: dict[str, Any] = {"engine": self.name}
         started = time.perf_counter()
+        since = processes.now_in_ticks()  # what we adopt from now on is this run's
         km = self.launcher.take(cwd)
         stats["pid"] = kernel_pid(km)
         with self._lock:
@@ -271,8 +291,8 @@ class KernelExecutor(Executor):
             with self._lock:
                 self._kernels.discard(km)
             # The kernel and all it started, now: the run must leave nothing running.
-            sweep(km)
-            self.launcher.retire(km)
+            killed = sweep(km, since)
+            self.launcher.retire(km, killed)
         stats["seconds"] = round(time.perf_counter() - started, 4)
         self.history.append(stats)
         return Execution(executed, found["items"], stats, found["emit_calls"], found["stopped_at"])
@@ -294,6 +314,8 @@ class KernelExecutor(Executor):
         if isinstance(error, PapermillExecutionError):
             return error  # type: ignore[no-any-return]
         if isinstance(error, CellTimeoutError):
+            if limits.cell_timeout is None:  # nbclient's own wait for output (iopub) ran out
+                return RunTimeoutError(f"the kernel's output stopped coming: {error}")
             return RunTimeoutError(f"a notebook cell ran longer than {limits.cell_timeout:g} s")
         if isinstance(error, DeadKernelError):
             stop = self.stopping()

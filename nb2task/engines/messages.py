@@ -189,7 +189,7 @@ class End(Message):
 
 @dataclass
 class Bye(Message):
-    """The child's last word, with its private memory when asked (``stats.MEMORY_ENV``)."""
+    """The child's last word, with its private memory when asked (``NB2TASK_MEMORY_STATS``)."""
 
     kind: ClassVar[str] = "bye"
     private_kb: int | None = None

@@ -21,6 +21,7 @@ import contextlib
 import ctypes
 import os
 import signal
+import time
 from collections.abc import Callable, Iterable
 
 PR_SET_PDEATHSIG = 1
@@ -142,6 +143,76 @@ def kill_marked(mark: str) -> int:
         return pids
 
     return _kill_in_rounds(marked)
+
+
+def start_time(pid: int) -> int | None:
+    """When ``pid`` started, in clock ticks since boot (/proc/<pid>/stat field 22): with
+    the pid, it names one process (a pid may be reused, a pid and start time not)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return None
+    return int(stat[stat.rfind(b")") + 2 :].split()[19])
+
+
+def now_in_ticks() -> int:
+    """The clock ``start_time`` counts in: ticks since boot."""
+    return int(time.clock_gettime(time.CLOCK_BOOTTIME) * os.sysconf("SC_CLK_TCK"))
+
+
+def kill_adopted(since: int, keep: Callable[[int], bool]) -> list[int]:
+    """SIGKILL what this process (a subreaper) adopted since ``since`` (``now_in_ticks``):
+    its children that started then or later, unless ``keep(pid)`` (a kernel of its own),
+    and all below them. What was there before (a test's server) is left alone. The pids
+    killed, for ``reap``."""
+    me = os.getpid()
+
+    def adopted() -> list[int]:
+        found = []
+        for pid in process_tree().get(me, []):
+            started = start_time(pid)
+            if started is not None and started >= since and not keep(pid):
+                found.append(pid)
+                found.extend(below(pid))
+        return found
+
+    killed: list[int] = []
+    for _ in range(5):  # as _kill_in_rounds, keeping the pids
+        pids = adopted()
+        if not pids:
+            break
+        killed.extend(pid for pid in pids if kill(pid))
+    return killed
+
+
+def reap(pids: Iterable[int], within: float = 1.0) -> None:
+    """Collect those of ``pids`` that are this process's children once they end, so no
+    zombie stays (killed below a kernel, they come back to us when it exits). A pid that
+    is not our child is its live parent's to collect."""
+    waiting = set(pids)
+    deadline = time.monotonic() + within
+    while waiting and time.monotonic() < deadline:
+        for pid in list(waiting):
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    waiting.discard(pid)
+            except ChildProcessError:
+                waiting.discard(pid)
+        if waiting:
+            time.sleep(0.01)
+
+
+def marked_otherwise(pid: int, mark: str) -> bool:
+    """Whether ``pid`` carries a run mark other than ``mark``: another run's kernel (or
+    one starting for the next run), not this run's stray."""
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            environ = f.read().split(b"\0")
+    except OSError:
+        return False
+    prefix = f"{RUN_MARK}=".encode()
+    return any(v.startswith(prefix) and v != prefix + mark.encode() for v in environ)
 
 
 def reap_any() -> list[tuple[int, int]]:
