@@ -7,13 +7,14 @@ Cirrus judge (tests/cirrus/judge.py) runs in a venv of its own and does not use 
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -491,3 +492,28 @@ def closed_port_url() -> str:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     return f"http://127.0.0.1:{port}"
+
+
+# --- The Lambda handler, in this process ---------------------------------------------------
+
+
+@contextlib.contextmanager
+def warm_lambda(notebook: Path, engine: str) -> Iterator[Callable[[Any], Any]]:
+    """nb2task's Lambda handler on ``notebook``, one warm container (runner) for the
+    ``with`` block, as Lambda keeps one between invocations."""
+    from nb2task import lambda_function
+
+    saved = {k: os.environ.get(k) for k in ("NB2TASK_NOTEBOOK", "NB2TASK_ENGINE")}
+    os.environ.update(NB2TASK_NOTEBOOK=str(notebook), NB2TASK_ENGINE=engine)
+    lambda_function._runner.cache_clear()
+    try:
+        yield lambda event: lambda_function.lambda_handler(event, None)
+    finally:
+        if lambda_function._runner.cache_info().currsize:
+            lambda_function._runner().close()
+        lambda_function._runner.cache_clear()
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

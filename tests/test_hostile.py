@@ -35,6 +35,7 @@ from support import (
     put_json,
     run_cli,
     sample_item,
+    warm_lambda,
     write_notebook,
 )
 
@@ -644,25 +645,11 @@ def lambda_handler(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, s3_endpoint: str
 ) -> Iterator[Callable[[Any], Any]]:
     """nb2task's Lambda handler on the emitter notebook, one warm container per engine."""
-    from nb2task import lambda_function
-
     notebook = write_notebook(
         tmp_path_factory.mktemp("lambda") / "hostile.ipynb", PARAMETERS, EMITTER
     )
-    saved = {k: os.environ.get(k) for k in ("NB2TASK_NOTEBOOK", "NB2TASK_ENGINE")}
-    os.environ.update(NB2TASK_NOTEBOOK=str(notebook), NB2TASK_ENGINE=str(request.param))
-    lambda_function._runner.cache_clear()
-    try:
-        yield lambda event: lambda_function.lambda_handler(event, None)
-    finally:
-        if lambda_function._runner.cache_info().currsize:
-            lambda_function._runner().close()
-        lambda_function._runner.cache_clear()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with warm_lambda(notebook, str(request.param)) as handler:
+        yield handler
 
 
 @pytest.mark.parametrize(

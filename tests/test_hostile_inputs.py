@@ -7,7 +7,6 @@ cannot make nb2task hang."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -15,7 +14,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ENGINES, listing, make_payload, run_cli, run_task, write_notebook
+from support import (
+    ENGINES,
+    listing,
+    make_payload,
+    run_cli,
+    run_task,
+    warm_lambda,
+    write_notebook,
+)
 
 from nb2task.scaffold import scaffold
 
@@ -353,23 +360,9 @@ def lambda_handler(
 ) -> Iterator[Callable[[Any], Any]]:
     """nb2task's Lambda handler on a small emitter notebook, one warm container per engine
     (as test_hostile.py's)."""
-    from nb2task import lambda_function
-
     notebook = write_notebook(tmp_path_factory.mktemp("lambda") / "events.ipynb", *EMITTER)
-    saved = {k: os.environ.get(k) for k in ("NB2TASK_NOTEBOOK", "NB2TASK_ENGINE")}
-    os.environ.update(NB2TASK_NOTEBOOK=str(notebook), NB2TASK_ENGINE=str(request.param))
-    lambda_function._runner.cache_clear()
-    try:
-        yield lambda event: lambda_function.lambda_handler(event, None)
-    finally:
-        if lambda_function._runner.cache_info().currsize:
-            lambda_function._runner().close()
-        lambda_function._runner.cache_clear()
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
+    with warm_lambda(notebook, str(request.param)) as handler:
+        yield handler
 
 
 BAD_EVENTS: dict[str, tuple[Any, str]] = {
