@@ -345,6 +345,8 @@ class GoldenRunner:
             matched = bounded_search(pattern, line)
         except re.error as err:
             return self._fail(outcome, f"{case.golden} is not a valid regex: {err}")
+        except MatchError as err:
+            return self._fail(outcome, f"cannot match {case.golden}: {err}")
         except TimeoutError:
             return self._fail(
                 outcome,
@@ -393,28 +395,43 @@ def bounded_search(pattern: str, line: str) -> bool:
     a regex, TimeoutError if time ran out."""
     compiled = re.compile(pattern)  # re.error here, in the parent
     read_end, write_end = os.pipe()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the child
-        pid = os.fork()  # only matches and exits
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork with threads: the
+            pid = os.fork()  # child only matches and exits
+    except OSError as err:  # no process to spare (a limit, memory)
+        os.close(read_end)
+        os.close(write_end)
+        raise MatchError(f"cannot start a process to match in: {err.strerror}") from None
     if pid == 0:  # the child
         try:
             os.close(read_end)
             os.write(write_end, b"1" if compiled.search(line) else b"0")
+        except BaseException:  # noqa: BLE001 - said as such, not as a timeout
+            os.write(write_end, b"E")
         finally:
             os._exit(0)
     os.close(write_end)
-    ready: list[int] = []
+    answer = b""
     try:
-        ready, _, _ = select.select([read_end], [], [], MATCH_TIMEOUT_S)
-        answer = os.read(read_end, 1) if ready else b""
+        poller = select.poll()  # not select(): a descriptor may be over 1023
+        poller.register(read_end, select.POLLIN | select.POLLHUP)
+        if poller.poll(MATCH_TIMEOUT_S * 1000):
+            answer = os.read(read_end, 1)
     finally:
         os.close(read_end)
-        if not ready:
+        if not answer:
             os.kill(pid, signal.SIGKILL)
         os.waitpid(pid, 0)
     if not answer:
         raise TimeoutError(f"the pattern took over {MATCH_TIMEOUT_S} s")
+    if answer == b"E":
+        raise MatchError("matching failed in its process (out of memory?)")
     return answer == b"1"
+
+
+class MatchError(Exception):
+    """The pattern could not be matched at all (no process for it, or it failed there)."""
 
 
 @contextmanager

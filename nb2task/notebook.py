@@ -26,6 +26,8 @@ SKIP_TAG = "nb2task-skip"
 METADATA_KEY = "nb2task"
 # Task names end up in process[0].tasks keys, file names, image names and FilmDrop
 # resource names; FilmDrop allows letters, digits and '-' only. One rule everywhere.
+# A version as an image tag takes it (Docker's tag grammar).
+VERSION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}")
 TASK_NAME = re.compile(r"[A-Za-z0-9]+(-[A-Za-z0-9]+)*")
 ENGINES = ("fork", "kernel")
 MAX_DESCRIPTION = 256
@@ -159,17 +161,18 @@ class TaskSettings:
 
 
 def _version(value: Any) -> str:
-    """The task version: a PEP 440 version, normalized. It reaches image tags, labels and
-    YAML, so it is checked whatever ``--tag`` says."""
-    from packaging.version import InvalidVersion, Version
-
+    """The task version, kept as written: one token of letters, digits, ``.``, ``-`` and
+    ``_`` (``1.2.0``, ``2024-01-15``, ``1.0.0-rc.1``), as an image tag takes it. It
+    reaches image tags, labels and YAML, so it is checked whatever ``--tag`` says."""
     where = f"notebook metadata '{METADATA_KEY}.version'"
     if not isinstance(value, str):
-        raise NotebookError(f"{where} must be a string, got {value!r}")
-    try:
-        return str(Version(value))
-    except InvalidVersion:
-        raise NotebookError(f"{where}: {value!r} is not a version (PEP 440)") from None
+        raise NotebookError(f'{where} must be a string ("1.0", not 1.0), got {value!r}')
+    if not VERSION.fullmatch(value):
+        raise NotebookError(
+            f"{where}: {value!r} is not a version (letters, digits, '.', '-', '_'; at most "
+            "128, not starting with '.' or '-': it is the images' tag)"
+        )
+    return value
 
 
 def _description(value: Any) -> str:

@@ -35,14 +35,21 @@ def limits() -> tuple[int, int]:
 
 def size(value: Any) -> int:
     """About how many bytes ``value`` takes in the record's JSON: its strings' UTF-8
-    lengths (keys too), without encoding ASCII text (base64 images are)."""
-    if isinstance(value, str):
-        return len(value) if value.isascii() else len(value.encode("utf-8", "replace"))
-    if isinstance(value, dict):
-        return sum(size(k) + size(v) for k, v in value.items())
-    if isinstance(value, list):
-        return sum(size(element) for element in value)
-    return 8
+    lengths (keys too), without encoding ASCII text (base64 images are). A walk with a
+    stack, not recursion: a display's JSON may nest deeper than Python's stack."""
+    total, stack = 0, [value]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, str):
+            total += len(item) if item.isascii() else len(item.encode("utf-8", "replace"))
+        elif isinstance(item, dict):
+            stack.extend(item.keys())
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        else:
+            total += 8
+    return total
 
 
 def _megabytes(count: int) -> str:

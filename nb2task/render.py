@@ -8,6 +8,7 @@ scalar), ``tojson`` (JSON) or ``docker_word`` (a Dockerfile double-quoted word).
 from __future__ import annotations
 
 import json
+import re
 import unicodedata
 from pathlib import Path
 from typing import Any
@@ -32,6 +33,13 @@ _YAML_ESCAPES = {
 }  # fmt: skip
 
 
+# What a YAML reader takes as itself (PyYAML's printable set): anything else, control
+# characters, U+FFFE and U+FFFF among them, is written as an escape.
+_YAML_PRINTABLE = re.compile(
+    "[\x09\x0a\x0d\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
+
+
 def _yaml_string(text: str) -> str:
     out = []
     for char in text:
@@ -39,7 +47,7 @@ def _yaml_string(text: str) -> str:
             out.append(_YAML_ESCAPES[char])
         elif unicodedata.category(char) == "Cs":
             raise BuildError(f"{text!r} has a lone surrogate: not Unicode text")
-        elif unicodedata.category(char) == "Cc" or char == "\ufeff":
+        elif not _YAML_PRINTABLE.fullmatch(char) or char == "\ufeff":
             code = ord(char)
             out.append(f"\\x{code:02X}" if code < 0x100 else f"\\u{code:04X}")
         else:

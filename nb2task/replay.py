@@ -88,6 +88,9 @@ def read_record(url: str | Path) -> Record:
         raise UsageError(f"cannot read the record {text}: {' '.join(str(err).split())}") from None
     if not isinstance(node, dict) or not isinstance(node.get("cells"), list):
         raise UsageError(f"{text} is not a notebook")
+    metadata = node.get("metadata", {})
+    if not isinstance(metadata, dict) or not isinstance(metadata.get(RUN_KEY, {}), dict):
+        raise UsageError(f"{text} is not a notebook: its metadata is not a mapping")
     record = Record(text, node)
     if not record.run:
         raise UsageError(

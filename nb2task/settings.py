@@ -30,8 +30,8 @@ TASK_NAME = re.compile(r"[A-Za-z0-9]+(-[A-Za-z0-9]+)*")
 # S3's rule for bucket names (general purpose buckets).
 BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 MAX_MEGABYTES = 1024 * 1024  # a terabyte: anything above is a typo, not a limit
-TRUE = ("1", "true", "yes", "on")
-FALSE = ("", "0", "false", "no", "off")
+TRUE = ("1", "true", "yes", "y", "on")
+FALSE = ("", "0", "false", "no", "n", "off")
 
 
 @dataclass(frozen=True)

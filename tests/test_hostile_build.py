@@ -23,6 +23,7 @@ from nb2task.errors import BuildError, UsageError
 MAX_DESCRIPTION = 256  # nb2task.notebook.MAX_DESCRIPTION
 
 HOSTILE_TEXT = [
+    "non\ufffecharacters\uffff",
     'it\'s "quoted"',
     "back\\slash \\n \\\\ end\\",
     "two\nlines",
@@ -172,6 +173,15 @@ def test_a_dollar_in_a_label_is_left_for_nobody_to_substitute(tmp_path: Path) ->
     context = build(tmp_path, "dollar", 'payload = "x"', description="${HOME} and $PATH")
     dockerfile = (context / "Dockerfile").read_text()
     assert 'description="\\${HOME} and \\$PATH"' in dockerfile
+
+
+@pytest.mark.parametrize("version", ["1.2.0", "2024-01-15", "1.0.0-SNAPSHOT", "v2.0", "1.0.0-rc.1"])
+def test_a_version_is_kept_as_written(tmp_path: Path, version: str) -> None:
+    """Versions people write (not all PEP 440) are taken, and never rewritten: the images'
+    tags must be what the notebook says."""
+    context = build(tmp_path, "v", 'payload = "x"', version=version)
+    assert version in (context / "definition.yaml").read_text()
+    assert f'image.version="{version}"' in (context / "Dockerfile").read_text()
 
 
 REFUSALS = [

@@ -144,7 +144,8 @@ def test_a_record_of_the_wrong_shape_is_a_usage_error(
 def test_a_record_that_is_not_json_or_too_deep_is_a_usage_error(
     tmp_path: Path,
 ) -> None:
-    for text in ("{", "[" * 100_000 + "]" * 100_000, '{"cells": 5}', "\xff"):
+    shapes = ('{"cells": [], "metadata": []}', '{"cells": [], "metadata": {"nb2task_run": 5}}')
+    for text in ("{", "[" * 100_000 + "]" * 100_000, '{"cells": 5}', "\xff", *shapes):
         path = tmp_path / "bad.executed.ipynb"
         path.write_text(text, encoding="latin-1" if text == "\xff" else "utf-8")
         result = run_cli("replay", path, "--workdir", tmp_path / "w", timeout=120)

@@ -98,6 +98,8 @@ def serve(prepared: shell.KernelLikeShell, sock: socket.socket, parent_threads: 
         return
     os.chdir(setup.cwd or ".")
     os.environ.update(setup.env)
+    # Read before the notebook runs: what it does to os.environ is not our setting.
+    report_memory = settings.read("NB2TASK_MEMORY_STATS")
     while True:
         try:
             message = reader.read()
@@ -110,7 +112,7 @@ def serve(prepared: shell.KernelLikeShell, sock: socket.socket, parent_threads: 
     stop.set()
     shell.flush_streams()
     with contextlib.suppress(OSError):
-        channel.send(messages.Bye(private_memory_kb() if settings.current().memory_stats else None))
+        channel.send(messages.Bye(private_memory_kb() if report_memory else None))
 
 
 def private_memory_kb() -> int | None:

@@ -58,6 +58,10 @@ class KernelLauncher:
         self._retiring: list[concurrent.futures.Future[Any]] = []
         self._lock = threading.Lock()
         self.keep_spare = False
+        # The kernels we started (their pids), and a lock held while one starts: a
+        # sweep for strays must never take a kernel of ours for one.
+        self.kernel_pids: set[int] = set()
+        self.launching = threading.Lock()
         # What escapes a kernel that dies (a daemon of its own session) comes back to
         # us, not to init, to be found and killed; and as PID 1 in a container, we are
         # whom orphans come to anyway.
@@ -83,7 +87,11 @@ class KernelLauncher:
     def retire(self, km: Any, killed: Iterable[int] = ()) -> None:
         """Shut a used kernel down in the background: the result need not wait for it."""
         with self._lock:
-            self._retiring.append(self._pool.submit(shutdown, km, killed))
+            self._retiring.append(self._pool.submit(self._shutdown, km, killed))
+
+    def _shutdown(self, km: Any, killed: Iterable[int]) -> None:
+        shutdown(km, killed)
+        self.forget(km)
 
     def discard(self) -> None:
         """Shut down kernels started but not taken, and wait for retiring ones."""
@@ -115,22 +123,40 @@ class KernelLauncher:
             EMIT_DIR_ENV: os.path.join(private, "emitted"),
             processes.RUN_MARK: os.path.basename(private),
         }
-        asyncio.run(_boot(km, cwd, env))
+        asyncio.run(_boot(km, cwd, env, self))
         return km
 
+    def started(self, km: Any) -> None:
+        """``km``'s kernel is running (Popen returns once it has exec'd): it is ours."""
+        pid = kernel_pid(km)
+        if pid is not None:
+            self.kernel_pids.add(pid)
 
-async def _boot(km: Any, cwd: Path, env: dict[str, str]) -> None:
+    def kill_strays(self, since: int) -> list[int]:
+        """Kill what we adopted since ``since`` (what escaped a kernel that died), but
+        our kernels; the pids killed."""
+        with self.launching:
+            return processes.kill_adopted(since, self.kernel_pids.__contains__)
+
+    def forget(self, km: Any) -> None:
+        """A kernel of ours has ended."""
+        self.kernel_pids.discard(kernel_pid(km) or -1)
+
+
+async def _boot(km: Any, cwd: Path, env: dict[str, str], launcher: KernelLauncher) -> None:
     # What the kernel writes to its own stdout/stderr (C libraries, subprocesses) is
     # not ours to print: our stdout may carry the output payload.
-    await km.start_kernel(
-        # As nbclient starts a Python kernel: history in memory (no sqlite file, no thread).
-        extra_arguments=["--HistoryManager.hist_file=:memory:"] if km.ipykernel else [],
-        cwd=str(cwd),
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        preexec_fn=_in_the_kernel_process,
-    )
+    with launcher.launching:  # no sweep meanwhile: until it is known, it is no stray
+        await km.start_kernel(
+            # As nbclient starts a Python kernel: history in memory (no sqlite file).
+            extra_arguments=["--HistoryManager.hist_file=:memory:"] if km.ipykernel else [],
+            cwd=str(cwd),
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            preexec_fn=_in_the_kernel_process,
+        )
+        launcher.started(km)
     client = km.client()
     client.start_channels()
     try:
@@ -153,23 +179,14 @@ def kernel_pid(km: Any) -> int | None:
     return getattr(process, "pid", None)
 
 
-def sweep(km: Any, since: int | None = None) -> list[int]:
-    """Kill what the notebook started: below the kernel (a subreaper); what escaped it
-    when the kernel died (adopted by us, a subreaper too, since ``since``); and by mark.
-    The pids killed below the kernel, to reap once it is gone."""
+def sweep(km: Any) -> list[int]:
+    """Kill what the notebook started: below the kernel (a subreaper), and by mark. The
+    pids killed below the kernel, to reap once it is gone."""
     pid = kernel_pid(km)
-    mark = private_dir(km).name
     below = processes.below(pid) if pid is not None else []
     if pid is not None:
         processes.kill_tree(pid)
-    if since is not None:
-        keep = {pid}
-
-        def ours(child: int) -> bool:  # our kernels, and those starting for other runs
-            return child in keep or processes.marked_otherwise(child, mark)
-
-        processes.reap(processes.kill_adopted(since, ours))
-    processes.kill_marked(mark)
+    processes.kill_marked(private_dir(km).name)
     return below
 
 
@@ -291,7 +308,10 @@ class KernelExecutor(Executor):
             with self._lock:
                 self._kernels.discard(km)
             # The kernel and all it started, now: the run must leave nothing running.
-            killed = sweep(km, since)
+            # What escaped it, if it died, came back to us: killed by the tree and the
+            # time it started, whatever its environment says.
+            killed = sweep(km)
+            processes.reap(self.launcher.kill_strays(since))
             self.launcher.retire(km, killed)
         stats["seconds"] = round(time.perf_counter() - started, 4)
         self.history.append(stats)

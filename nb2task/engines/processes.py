@@ -172,7 +172,9 @@ def kill_adopted(since: int, keep: Callable[[int], bool]) -> list[int]:
         found = []
         for pid in process_tree().get(me, []):
             started = start_time(pid)
-            if started is not None and started >= since and not keep(pid):
+            # Strictly after: a tick is 10 ms, and what started in the run's first tick
+            # was there before it (a test's server), not the notebook's.
+            if started is not None and started > since and not keep(pid):
                 found.append(pid)
                 found.extend(below(pid))
         return found
@@ -201,18 +203,6 @@ def reap(pids: Iterable[int], within: float = 1.0) -> None:
                 waiting.discard(pid)
         if waiting:
             time.sleep(0.01)
-
-
-def marked_otherwise(pid: int, mark: str) -> bool:
-    """Whether ``pid`` carries a run mark other than ``mark``: another run's kernel (or
-    one starting for the next run), not this run's stray."""
-    try:
-        with open(f"/proc/{pid}/environ", "rb") as f:
-            environ = f.read().split(b"\0")
-    except OSError:
-        return False
-    prefix = f"{RUN_MARK}=".encode()
-    return any(v.startswith(prefix) and v != prefix + mark.encode() for v in environ)
 
 
 def reap_any() -> list[tuple[int, int]]:
