@@ -58,6 +58,8 @@ pidfile = pathlib.Path(workdir).resolve().parent / "stray.pid"
 proc = subprocess.Popen(["sleep", "300"], start_new_session=True, env={})
 pidfile.write_text(str(proc.pid))
 """
+# A stray that claims to be another run's kernel, by the mark nb2task sets on kernels.
+FAKE_MARK = POPEN.replace("env={}", 'env={"NB2TASK_RUN_MARK": "nb2task-kernel-other"}')
 EMIT = "import nb2task\nnb2task.emit(nb2task.read_items(payload))"
 ENDINGS = {
     "emits": (EMIT, 0),
@@ -74,11 +76,11 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.mark.parametrize("ending", sorted(ENDINGS))
-@pytest.mark.parametrize("stray", ["daemon", "renamed", "popen"])
+@pytest.mark.parametrize("stray", ["daemon", "renamed", "popen", "fake-mark"])
 def test_a_hidden_daemon_does_not_outlive_the_run(
     stray: str, ending: str, engine: str, tmp_path: Path
 ) -> None:
-    starter = {"daemon": DAEMON, "renamed": RENAMED, "popen": POPEN}[stray]
+    starter = {"daemon": DAEMON, "renamed": RENAMED, "popen": POPEN, "fake-mark": FAKE_MARK}[stray]
     cell, code = ENDINGS[ending]
     notebook = write_notebook(tmp_path / "nb" / "stray.ipynb", PARAMETERS, starter, cell)
     path = tmp_path / "in.json"
