@@ -81,4 +81,4 @@ def test_new_test_break_run_replay_build(tmp_path: Path, s3: Any, bucket: str) -
     assert built.returncode == 0, built.stderr
     context = tmp_path / "build" / "demo"
     assert (context / "notebook" / "demo.ipynb").exists()
-    assert "NB2TASK_TASK_NAME=demo" in (context / "Dockerfile").read_text()
+    assert 'NB2TASK_TASK_NAME="demo"' in (context / "Dockerfile").read_text()

@@ -170,7 +170,7 @@ def test_a_bad_parameter_in_a_file_is_invalid_input(tmp_path: Path, text, messag
 
 @pytest.mark.parametrize(
     ("text", "message"),
-    [("- 1\n", "parameters must be a mapping"), ("a: [\n", "cannot read parameters")],
+    [("- 1\n", "parameters must be a mapping"), ("a: [\n", "not valid YAML")],
 )
 def test_an_unreadable_parameters_file_is_a_usage_error(tmp_path: Path, text, message) -> None:
     params = tmp_path / "params.yaml"

@@ -58,10 +58,6 @@ class KernelLauncher:
         self._retiring: list[concurrent.futures.Future[Any]] = []
         self._lock = threading.Lock()
         self.keep_spare = False
-        # The kernels we started (their pids), and a lock held while one starts: a
-        # sweep for strays must never take a kernel of ours for one.
-        self.kernel_pids: set[int] = set()
-        self.launching = threading.Lock()
         # What escapes a kernel that dies (a daemon of its own session) comes back to
         # us, not to init, to be found and killed; and as PID 1 in a container, we are
         # whom orphans come to anyway.
@@ -90,8 +86,9 @@ class KernelLauncher:
             self._retiring.append(self._pool.submit(self._shutdown, km, killed))
 
     def _shutdown(self, km: Any, killed: Iterable[int]) -> None:
+        pid = kernel_pid(km)
         shutdown(km, killed)
-        self.forget(km)
+        _KERNEL_PIDS.discard(pid or -1)  # ended: its pid may be anyone's next
 
     def discard(self) -> None:
         """Shut down kernels started but not taken, and wait for retiring ones."""
@@ -100,7 +97,7 @@ class KernelLauncher:
             retiring, self._retiring = self._retiring, []
         for future in pending:
             try:
-                shutdown(future.result(timeout=BOOT_TIMEOUT_S))
+                self._shutdown(future.result(timeout=BOOT_TIMEOUT_S), ())
             except Exception as err:  # noqa: BLE001 - closing anyway
                 logger.debug("spare kernel: %s", err)
         concurrent.futures.wait(retiring, timeout=BOOT_TIMEOUT_S)
@@ -123,30 +120,28 @@ class KernelLauncher:
             EMIT_DIR_ENV: os.path.join(private, "emitted"),
             processes.RUN_MARK: os.path.basename(private),
         }
-        asyncio.run(_boot(km, cwd, env, self))
+        asyncio.run(_boot(km, cwd, env))
         return km
 
-    def started(self, km: Any) -> None:
-        """``km``'s kernel is running (Popen returns once it has exec'd): it is ours."""
-        pid = kernel_pid(km)
-        if pid is not None:
-            self.kernel_pids.add(pid)
 
-    def kill_strays(self, since: int) -> list[int]:
-        """Kill what we adopted since ``since`` (what escaped a kernel that died), but
-        our kernels; the pids killed."""
-        with self.launching:
-            return processes.kill_adopted(since, self.kernel_pids.__contains__)
-
-    def forget(self, km: Any) -> None:
-        """A kernel of ours has ended."""
-        self.kernel_pids.discard(kernel_pid(km) or -1)
+# Every kernel this process started (any launcher's: a process may hold several runners),
+# by pid, and a lock held while one starts: a sweep for strays must never take a kernel
+# of ours for one, nor one whose pid is not known yet.
+_KERNEL_PIDS: set[int] = set()
+_LAUNCHING = threading.Lock()
 
 
-async def _boot(km: Any, cwd: Path, env: dict[str, str], launcher: KernelLauncher) -> None:
+def kill_strays(since: int) -> list[int]:
+    """Kill what this process adopted since ``since`` (what escaped a kernel that died),
+    but its kernels; the pids killed."""
+    with _LAUNCHING:
+        return processes.kill_adopted(since, _KERNEL_PIDS.__contains__)
+
+
+async def _boot(km: Any, cwd: Path, env: dict[str, str]) -> None:
     # What the kernel writes to its own stdout/stderr (C libraries, subprocesses) is
     # not ours to print: our stdout may carry the output payload.
-    with launcher.launching:  # no sweep meanwhile: until it is known, it is no stray
+    with _LAUNCHING:  # no sweep meanwhile: until its pid is known, it is no stray
         await km.start_kernel(
             # As nbclient starts a Python kernel: history in memory (no sqlite file).
             extra_arguments=["--HistoryManager.hist_file=:memory:"] if km.ipykernel else [],
@@ -156,7 +151,9 @@ async def _boot(km: Any, cwd: Path, env: dict[str, str], launcher: KernelLaunche
             stderr=subprocess.DEVNULL,
             preexec_fn=_in_the_kernel_process,
         )
-        launcher.started(km)
+        pid = kernel_pid(km)  # Popen returns once the kernel has exec'd
+        if pid is not None:
+            _KERNEL_PIDS.add(pid)
     client = km.client()
     client.start_channels()
     try:
@@ -311,7 +308,7 @@ class KernelExecutor(Executor):
             # What escaped it, if it died, came back to us: killed by the tree and the
             # time it started, whatever its environment says.
             killed = sweep(km)
-            processes.reap(self.launcher.kill_strays(since))
+            processes.reap(kill_strays(since))
             self.launcher.retire(km, killed)
         stats["seconds"] = round(time.perf_counter() - started, 4)
         self.history.append(stats)
