@@ -1,7 +1,8 @@
 """nb2task: run parameterized Jupyter notebooks as Cirrus (stactask) tasks.
 
-In a notebook, ``import nb2task`` is light: ``read_items`` and ``emit`` come from
-``nb2task.runtime``; the task machinery (stactask, papermill) loads only when used.
+In a notebook, ``import nb2task`` is light: ``read_items``, ``read_payload``,
+``download_assets`` and ``emit`` come from ``nb2task.runtime``; the task machinery
+(stactask, papermill) loads only when used.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import warnings
 from typing import Any
 
-from .runtime import emit, read_items
+from .runtime import download_assets, emit, read_items, read_payload
 
 # stactask warns about payloads' legacy keys (``upload_options.collections``, ``process``
 # as a dict, ``tasks`` as a list) on every access, its own included: the one filter, by
@@ -21,7 +22,15 @@ warnings.filterwarnings("ignore", message=STACTASK_LEGACY_WARNINGS, category=Dep
 
 __version__ = "0.1.0"
 
-__all__ = ["NotebookTask", "__version__", "emit", "lambda_handler", "read_items"]
+__all__ = [
+    "NotebookTask",
+    "__version__",
+    "download_assets",
+    "emit",
+    "lambda_handler",
+    "read_items",
+    "read_payload",
+]
 
 
 def __getattr__(name: str) -> Any:

@@ -79,6 +79,20 @@ def download_assets(
     return result
 
 
+def download_payload_assets(payload: str, keys: Sequence[str], directory: str) -> None:
+    """Download the ``keys`` assets of the payload file's items under ``directory`` and
+    rewrite the file with their local hrefs: what a task run does before the notebook,
+    done in the notebook after its validate cells (the cell a run adds calls this)."""
+    import json
+
+    from .paths import write_text_atomically
+
+    path = Path(payload)
+    document = json.loads(path.read_text(encoding="utf-8"))
+    document["features"] = download_assets(document.get("features", []), keys, Path(directory))
+    write_text_atomically(path, json.dumps(document))
+
+
 S3_DOWNLOADS_AT_ONCE = 8
 
 

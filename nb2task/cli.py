@@ -202,7 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     submit.add_argument("--task-name", help="task name (default: the notebook's or context's)")
     submit.add_argument(
-        "--validate",
+        "--check-schema",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="check the payloads' items against the STAC item schema (default: on)",
@@ -313,6 +313,13 @@ def add_run_arguments(run: argparse.ArgumentParser) -> None:
     )
     run.add_argument(
         "--validate",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="run the notebook's validate step, its cells tagged nb2task-validate, as "
+        "stactask runs a task's validate() (default: on)",
+    )
+    run.add_argument(
+        "--check-schema",
         action=argparse.BooleanOptionalAction,
         default=True,
         help="check input and emitted items against the STAC item schema (default: on; "
@@ -592,6 +599,7 @@ def run_options(args: argparse.Namespace) -> Any:
         "engine": args.engine,
         "html": args.html,
         "validate": args.validate,
+        "check_schema": args.check_schema,
     }
     options["local_indirection"] = not getattr(args, "in_image", False)
     if args.local:
@@ -679,7 +687,7 @@ def _submit(args: argparse.Namespace) -> None:
         retry_failed=args.retry_failed,
         resources=Resources(args.vcpu, args.memory, args.gpus, args.timeout, args.retries),
         environment=tuple(args.env),
-        validate=args.validate,
+        check_schema=args.check_schema,
     )
     submission = submit(task_class, source, sources.expand(args.payloads), options)
     record = args.summary or local_record(submission.id)

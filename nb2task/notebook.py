@@ -23,6 +23,12 @@ logger = logging.getLogger(__name__)
 
 PARAMETERS_TAG = "parameters"
 SKIP_TAG = "nb2task-skip"
+# Cells tagged so are the notebook's stactask ``validate()``: they run before the
+# assets download, and ``--no-validate`` leaves them out.
+VALIDATE_TAG = "nb2task-validate"
+DOWNLOAD_TAG = "injected-download"  # the cell a run adds after them to download assets
+# What unknown keys in the task's own options (process[0].tasks.<name>) get.
+UNKNOWN_OPTIONS = ("error", "warn", "ignore")
 METADATA_KEY = "nb2task"
 # Task names end up in process[0].tasks keys, file names, image names and FilmDrop
 # resource names; FilmDrop allows letters, digits and '-' only. One rule everywhere.
@@ -110,6 +116,7 @@ class TaskSettings:
     requirements: tuple[str, ...] = ()
     engine: str | None = None  # None: fork on Linux, kernel for non-Python kernels
     record_html: bool = False  # render the record as HTML on success too
+    unknown_options: str = "error"  # error | warn | ignore: unknown task options
     lambda_: LambdaSettings = field(default_factory=LambdaSettings)
     batch: BatchSettings = field(default_factory=BatchSettings)
 
@@ -120,7 +127,7 @@ class TaskSettings:
             raise NotebookError(f"notebook metadata '{METADATA_KEY}' must be a mapping")
         known = (
             "name", "version", "description", "download_assets", "requirements", "engine",
-            "record_html", "lambda", "batch",
+            "record_html", "unknown_options", "lambda", "batch",
         )  # fmt: skip
         unknown = sorted(set(metadata) - set(known))
         if unknown:
@@ -147,6 +154,12 @@ class TaskSettings:
             raise NotebookError(
                 f"notebook metadata '{METADATA_KEY}.record_html' must be true or false"
             )
+        unknown_options = metadata.get("unknown_options", "error")
+        if unknown_options not in UNKNOWN_OPTIONS:
+            raise NotebookError(
+                f"notebook metadata '{METADATA_KEY}.unknown_options' must be one of: "
+                f"{', '.join(UNKNOWN_OPTIONS)}"
+            )
         return cls(
             name=name,
             version=_version(metadata.get("version", "0.1.0")),
@@ -155,6 +168,7 @@ class TaskSettings:
             requirements=_str_list(metadata.get("requirements", ()), "requirements"),
             engine=engine,
             record_html=record_html,
+            unknown_options=unknown_options,
             lambda_=_section(LambdaSettings, metadata.get("lambda"), "lambda"),
             batch=_section(BatchSettings, metadata.get("batch"), "batch"),
         )
@@ -223,6 +237,7 @@ class Notebook:
             check_task_name(task_name, "--task-name")
             metadata = {**metadata, "name": task_name}
         settings = TaskSettings.from_metadata(metadata, file_stem=path.stem)
+        _check_validate_cells(node, path)
         return cls(path.resolve(), node, schema, settings, has_parameters_cell=cell is not None)
 
     @property
@@ -249,11 +264,61 @@ class Notebook:
                 self.path.name,
             )
 
-    def runnable(self) -> dict[str, Any]:
-        """A copy of the notebook to execute: ``nb2task-skip`` cells removed."""
+    @property
+    def has_validate_cells(self) -> bool:
+        """True if cells tagged ``nb2task-validate`` (the task's ``validate()``) exist."""
+        return any(VALIDATE_TAG in _tags(c) for c in self.node["cells"] if SKIP_TAG not in _tags(c))
+
+    def runnable(
+        self, *, validate: bool = True, download_source: str | None = None
+    ) -> dict[str, Any]:
+        """A copy of the notebook to execute: ``nb2task-skip`` cells removed, and the
+        validate cells too unless ``validate``; ``download_source``, if given, is a
+        cell put after the last validate cell (or after the parameters cell)."""
         node = copy.deepcopy(self.node)
-        node["cells"] = [c for c in node["cells"] if SKIP_TAG not in _tags(c)]
+        cells = [c for c in node["cells"] if SKIP_TAG not in _tags(c)]
+        if not validate:
+            cells = [c for c in cells if VALIDATE_TAG not in _tags(c)]
+        if download_source is not None:
+            anchors = [
+                i for i, c in enumerate(cells) if {VALIDATE_TAG, PARAMETERS_TAG} & {*_tags(c)}
+            ]
+            validates = [i for i in anchors if VALIDATE_TAG in _tags(cells[i])]
+            at = (validates or anchors or [-1])[-1] + 1
+            cells.insert(at, _download_cell(download_source))
+        node["cells"] = cells
         return node
+
+
+def _download_cell(source: str) -> dict[str, Any]:
+    return {
+        "cell_type": "code",
+        "execution_count": None,
+        "metadata": {"tags": [DOWNLOAD_TAG]},
+        "outputs": [],
+        "source": source,
+    }
+
+
+def _check_validate_cells(node: dict[str, Any], path: Path) -> None:
+    """NotebookError if a validate cell comes before the parameters cell (it would
+    check the notebook's defaults, not the payload) or is not a code cell."""
+    seen_parameters = False
+    for index, cell in enumerate(node["cells"]):
+        tags = _tags(cell)
+        if PARAMETERS_TAG in tags and cell.get("cell_type") == "code":
+            seen_parameters = True
+        if VALIDATE_TAG not in tags or SKIP_TAG in tags:
+            continue
+        if cell.get("cell_type") != "code":
+            raise NotebookError(
+                f"{path.name}: cell {index} is tagged {VALIDATE_TAG!r} but is not code"
+            )
+        if not seen_parameters:
+            raise NotebookError(
+                f"{path.name}: cell {index} is tagged {VALIDATE_TAG!r} but comes before the "
+                "parameters cell: it would check the defaults, not the payload"
+            )
 
 
 def _read(path: Path) -> dict[str, Any]:

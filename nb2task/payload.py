@@ -170,7 +170,7 @@ def load(
 
 def indirection(document: Any) -> str | None:
     """The URL a ``{"url"}``/``{"href"}`` document points at, if it is one."""
-    if isinstance(document, dict) and "features" not in document:
+    if isinstance(document, dict) and "features" not in document and "process" not in document:
         for key in ("url", "href"):
             if key not in document:
                 continue

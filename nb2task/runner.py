@@ -40,7 +40,8 @@ class RunOptions:
     workdir: Path | None = None  # kept; a temporary one if None
     save_workdir: bool | None = None  # keep a temporary workdir too
     upload: bool = True
-    validate: bool = True  # the STAC schema of input and output items
+    validate: bool = True  # stactask's: run the notebook's validate cells
+    check_schema: bool = True  # the STAC schema of input and output items
     task_name: str | None = None
     parameters: tuple[tuple[str, str], ...] = ()  # -p NAME VALUE, parsed by the schema
     # Typed values under -p (-f FILE; a replayed run's), named in messages by the second.
@@ -201,6 +202,8 @@ class Runner:
                 save_workdir=True,  # the workspace decides, after publishing
                 upload=options.upload,
                 validate=options.validate,
+                check_schema=options.check_schema,
+                publication=publication,  # the task uploads, as a stactask process does
                 executor=self.executor,
                 cli_parameters=dict(options.parameters),
                 parameter_values=dict(options.parameter_values),
@@ -211,9 +214,7 @@ class Runner:
                 require_items=options.require_items,
                 payload_record=payload_section(origin or source, document),
             )
-            if options.upload and result["features"]:
-                progress.stage("upload", f"the assets of {len(result['features'])} item(s)")
-            features = publication.upload_outputs(list(result["features"]))
+            features = list(result["features"])
             if record.exists():
                 publication.publish_record(record, features)
             written = output.write({**result, "features": features})

@@ -1,7 +1,11 @@
-"""What a notebook imports: ``read_items`` and ``emit``.
+"""What a notebook imports: ``read_items``, ``read_payload``, ``download_assets``, ``emit``.
 
 This module is imported inside the kernel, so it stays light: only the standard
-library at import time; pystac is imported when ``read_items`` is first called.
+library at import time; pystac is imported when ``read_items`` is first called, the
+download machinery (boto3, stactask) when ``download_assets`` is.
+
+Items are read as they came (``nb2task.stac_items``): what a notebook emits unchanged
+comes out as it went in, and nothing here fetches anything over the network.
 
 ``emit`` publishes items as a rich display output with the mimetype
 ``EMIT_MIMETYPE``: in a task run, a reference to a file holding them (in the folder
@@ -20,30 +24,120 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    import pystac
+    from .payload_view import PayloadView
 
 EMIT_MIMETYPE = "application/vnd.nb2task.items+json"
 EMIT_DIR_ENV = "NB2TASK_EMIT_DIR"
 EMITTED_FILE = re.compile(r"emitted-\d{4,}\.json")
 SUMMARY_IDS = 20
+# Beside a task run's input payload (in its workdir): the run's task name and workdir,
+# which the kernel cannot otherwise know (a kernel outlives one run's environment).
+RUN_FILE = "nb2task-run.json"
+DOWNLOADS_FOLDER = "input-assets"
+
+# The workdir of the task run whose payload was read last (for download_assets).
+_run_workdir: Path | None = None
 
 
-def read_items(path: str | os.PathLike[str]) -> list[pystac.Item]:
-    """Return the STAC items of a payload (or item collection, or item) JSON file."""
-    import pystac
+def read_items(path: str | os.PathLike[str], *, as_dicts: bool = False) -> list[Any]:
+    """The STAC items of a payload (or item collection, or item) JSON file, exactly as
+    they came: pystac Items (``nb2task.stac_items.Item``), or dicts if ``as_dicts``."""
+    features, _ = _read_features(Path(path))
+    if as_dicts:
+        return features
+    from . import stac_items
+
+    return stac_items.read(features)
+
+
+def read_payload(path: str | os.PathLike[str], task_name: str | None = None) -> PayloadView:
+    """The payload itself, read-only: its id, ``process[0]``, upload, workflow and this
+    task's options, its items (as ``read_items`` gives them) and stactask's ``Payload``.
+    The task's name is this run's (or ``task_name``, or the payload's only task)."""
+    from .payload_view import PayloadView
 
     path = Path(path)
+    features, document = _read_features(path)
+    run = _run_facts(path)
+    return PayloadView(
+        {**document, "features": features}, task_name or _str_or_none(run.get("task_name"))
+    )
+
+
+def download_assets(
+    items: Any, keys: Iterable[str] | str, directory: str | os.PathLike[str] | None = None
+) -> list[Any]:
+    """Download the ``keys`` assets (``"*"``: all) of ``items`` (pystac Items or dicts)
+    into ``directory``, as the ``download_assets`` setting does before a run; return
+    the items, of the kind given, with those assets' hrefs pointing at the files.
+    ``directory`` defaults to the run's ``<workdir>/input-assets`` (in Jupyter,
+    ``./input-assets``). Raises InvalidInput for a missing asset or object."""
+    from . import assets
+
+    given = _as_list(items)
+    if isinstance(keys, str):
+        keys = [keys]
+    keys = list(keys)
+    if not all(isinstance(key, str) and key for key in keys):
+        raise TypeError("download_assets(): keys must be asset keys (strings)")
+    folder = Path(directory) if directory is not None else _default_downloads()
+    features = [_as_dict(item) for item in given]
+    downloaded = assets.download_assets(features, keys, folder)
+    if all(isinstance(item, Mapping) for item in given):
+        return downloaded
+    from . import stac_items
+
+    result: list[Any] = []
+    for item, feature in zip(given, downloaded, strict=True):
+        if isinstance(item, Mapping):
+            result.append(feature)
+            continue
+        new = stac_items.Item.read(feature)
+        if isinstance(item, stac_items.Item):  # it writes back what it read, not this
+            new._read_version, new._read_datetime = item._read_version, item._read_datetime
+            new._read_without_extensions = item._read_without_extensions
+        result.append(new)
+    return result
+
+
+def _read_features(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A payload file's features (relative local asset hrefs made absolute) and the
+    document; a payload without ``features`` has none."""
+    global _run_workdir
     with path.open(encoding="utf-8") as f:
         document = json.load(f)
-    features = [document] if document.get("type") == "Feature" else document.get("features", [])
+    if not isinstance(document, dict):
+        raise ValueError(f"{path}: not a payload, item collection or item (a JSON object)")
+    is_item = document.get("type") == "Feature"
+    features = [document] if is_item else document.get("features", [])
+    if not isinstance(features, list):
+        raise ValueError(f"{path}: 'features' is not a list")
     base = path.resolve().parent
-    items = []
     for feature in features:
-        item = pystac.Item.from_dict(feature, preserve_dict=False)
-        for asset in item.assets.values():
-            asset.href = absolute_href(asset.href, base)
-        items.append(item)
-    return items
+        assets = feature.get("assets") if isinstance(feature, dict) else None
+        for asset in assets.values() if isinstance(assets, dict) else ():
+            if isinstance(asset, dict) and isinstance(asset.get("href"), str):
+                asset["href"] = absolute_href(asset["href"], base)
+    workdir = _run_facts(path).get("workdir")
+    _run_workdir = Path(workdir) if isinstance(workdir, str) else None
+    return features, document
+
+
+def _run_facts(payload_path: Path) -> dict[str, Any]:
+    """What the task run wrote beside its input payload ({} outside a task run)."""
+    try:
+        facts = json.loads((payload_path.parent / RUN_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    return facts if isinstance(facts, dict) else {}
+
+
+def _default_downloads() -> Path:
+    return (_run_workdir or Path.cwd()) / DOWNLOADS_FOLDER
+
+
+def _str_or_none(value: Any) -> str | None:
+    return value if isinstance(value, str) else None
 
 
 def absolute_href(href: str, base: Path) -> str:

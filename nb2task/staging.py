@@ -87,7 +87,7 @@ def stage(
     task_class: type[NotebookTask],
     bucket: PayloadBucket,
     *,
-    validate: bool = True,
+    check_schema: bool = True,
     upload: bool = True,
     jobs: int = 8,
 ) -> list[JobRow]:
@@ -95,18 +95,22 @@ def stage(
     only their URLs are made). One row each, in the order given: STAGED or REJECTED."""
     rows = [JobRow(source) for source in sources]
     with concurrent.futures.ThreadPoolExecutor(jobs, thread_name_prefix="nb2task-stage") as pool:
-        list(pool.map(lambda row: _stage_one(row, task_class, bucket, validate, upload), rows))
+        list(pool.map(lambda row: _stage_one(row, task_class, bucket, check_schema, upload), rows))
     return rows
 
 
 def _stage_one(
-    row: JobRow, task_class: type[NotebookTask], bucket: PayloadBucket, validate: bool, upload: bool
+    row: JobRow,
+    task_class: type[NotebookTask],
+    bucket: PayloadBucket,
+    check_schema: bool,
+    upload: bool,
 ) -> None:
     try:
         document = payload_io.load(row.payload)
         if isinstance(document.get("id"), str):
             row.id = document["id"]
-        check(task_class, document, validate)
+        check(task_class, document, check_schema)
     except Exception as err:  # noqa: BLE001 - a payload's rejection is its own
         row.state, row.error = REJECTED, error_line(err)
         return
@@ -143,9 +147,9 @@ def check_payload_id(payload_id: str) -> None:
         )
 
 
-def check(task_class: type[NotebookTask], document: dict[str, Any], validate: bool) -> None:
+def check(task_class: type[NotebookTask], document: dict[str, Any], check_schema: bool) -> None:
     """Raise what a Batch run of this payload would raise before its notebook starts:
-    the payload's structure, its items (STAC schema too, if ``validate``), the
+    the payload's structure, its items (STAC schema too, if ``check_schema``), the
     notebook's parameters; plus what only a job in AWS cannot live with."""
     from stactask.exceptions import InvalidInput
 
@@ -154,7 +158,7 @@ def check(task_class: type[NotebookTask], document: dict[str, Any], validate: bo
     check_payload_id(document["id"])
     with tempfile.TemporaryDirectory(prefix="nb2task-check-") as workdir:
         # Made only to check: it never runs, so any executor will do and none is started.
-        task_class(document, workdir=workdir, validate=validate, executor=_UNUSED)
+        task_class(document, workdir=workdir, check_schema=check_schema, executor=_UNUSED)
     process = document["process"]
     definition = process[0] if isinstance(process, list) else process
     template = definition.get("upload_options", {}).get("path_template")

@@ -75,7 +75,7 @@ class SubmitOptions:
     retry_failed: bool = False
     resources: Resources = Resources()
     environment: tuple[tuple[str, str], ...] = ()
-    validate: bool = True
+    check_schema: bool = True  # the STAC schema of the payloads' items
     task_name: str | None = None
 
 
@@ -174,7 +174,7 @@ def submit(
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     submission_id = f"{task[:80]}-{stamp}-{secrets.token_hex(2)}"
     definition = resolve_job_definition(batch, task, source, options)
-    rows = staging.stage(payloads, task_class, options.bucket, validate=options.validate)
+    rows = staging.stage(payloads, task_class, options.bucket, check_schema=options.check_schema)
     for row in rows:
         if row.state == REJECTED:
             logger.warning("rejected %s: %s", row.payload, row.error)

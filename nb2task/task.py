@@ -2,16 +2,20 @@
 
 The lifecycle is stactask's own, through its unchanged ``handler(payload, **kwargs)``:
 
-1. ``__init__``: stactask reads the payload and calls ``validate`` (here: the
-   payload's structure always, the items' STAC schema unless ``validate=False``);
-   the notebook's parameters are resolved by its schema (``parameters``).
+1. ``__init__``: stactask reads the payload; nb2task checks its structure (and its
+   items' STAC schema unless ``check_schema=False``); the notebook's parameters are
+   resolved and checked by its schema (types and constraints), before anything runs.
 2. ``process(**parameters)``: download the assets the notebook wants, run it with
    ``payload``, ``workdir`` and the parameters injected (through the task's
-   executor), and return the items it emitted, checked.
+   executor), check the items it emitted and upload their local assets, as a
+   stactask ``process`` does (so per-collection upload options follow the collection
+   the items have then, not the one assigned after).
 3. stactask post-processes the items, assigns collections, cleans up the workdir.
 
-Uploading the outputs and the run's record, and writing the output payload, come
-after the handler: see ``nb2task.publish`` and ``nb2task.runner``.
+stactask's ``validate()`` is the notebook's cells tagged ``nb2task-validate``: they
+run first (the assets download after them) unless ``validate=False``
+(``--no-validate``). The run's record and the output payload are written after the
+handler: see ``nb2task.publish`` and ``nb2task.runner``.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from stactask import Task
 from stactask.exceptions import InvalidInput
@@ -34,7 +38,11 @@ from .failure import with_traceback
 from .harvest import check_emitted
 from .notebook import Notebook
 from .provenance import RUN_KEY, payload_section, run_section
+from .runtime import DOWNLOADS_FOLDER, RUN_FILE
 from .validation import check_payload
+
+if TYPE_CHECKING:
+    from .publish import Publication
 
 INPUT_PAYLOAD_NAME = "input-payload.json"
 # A task option nb2task itself reads (unless the notebook declares it as a parameter).
@@ -88,6 +96,8 @@ class NotebookTask(Task):
         upload: bool = True,
         validate: bool = True,
         *,
+        check_schema: bool = True,
+        publication: Publication | None = None,
         executor: Executor | None = None,
         cli_parameters: dict[str, str] | None = None,
         parameter_values: dict[str, Any] | None = None,
@@ -98,14 +108,17 @@ class NotebookTask(Task):
         require_items: bool = False,
         payload_record: dict[str, Any] | None = None,
     ):
-        # stactask calls validate() only when asked to validate; nb2task checks the
-        # payload's structure always and the items' schema only when asked.
-        self.schema_checks = validate
+        # stactask calls validate() only when asked to validate (the notebook's validate
+        # cells); nb2task checks the payload's structure always, the schema if asked.
+        self.schema_checks = check_schema
+        self.run_validate_cells = validate
         try:
-            super().__init__(payload, workdir, save_workdir, upload=upload, validate=True)
+            super().__init__(payload, workdir, save_workdir, upload=upload, validate=validate)
         except (TypeError, ValueError) as err:  # stactask's Payload.validate
             raise InvalidInput(f"invalid payload: {err}") from None
-        options = dict(self.task_options)
+        check_payload(self.payload, schema=self.schema_checks)
+        self.publication = publication
+        options = self._known_options(dict(self.task_options))
         if self.notebook.schema.get(DOWNLOAD_ASSETS_OPTION) is None:
             option_assets = options.pop(DOWNLOAD_ASSETS_OPTION, None)
         else:
@@ -134,10 +147,27 @@ class NotebookTask(Task):
         self.payload_record = payload_record or payload_section(None, dict(self.payload))
 
     def validate(self) -> bool:
-        """stactask's hook: the payload's structure, and its items' STAC schema unless
-        the task was made with ``validate=False``. Raises InvalidInput."""
-        check_payload(self.payload, schema=self.schema_checks)
+        """stactask's hook. A notebook's validate step is its ``nb2task-validate``
+        cells, which run in the notebook before the assets download (see ``process``)."""
         return True
+
+    def _known_options(self, options: dict[str, Any]) -> dict[str, Any]:
+        """The task's options, less the unknown ones if the notebook's
+        ``unknown_options`` setting says to warn about or ignore them (``error``: kept,
+        for the schema to refuse)."""
+        policy = self.notebook.settings.unknown_options
+        if policy == "error":
+            return options
+        known = {*self.notebook.schema.names, DOWNLOAD_ASSETS_OPTION}
+        unknown = sorted(name for name in options if name not in known)
+        if unknown and policy == "warn":
+            self.logger.warning(
+                "ignoring unknown option(s) in process[0].tasks.%s: %s (the notebook declares: %s)",
+                self.name,
+                ", ".join(unknown),
+                ", ".join(self.notebook.schema.names) or "none",
+            )
+        return {name: value for name, value in options.items() if name not in unknown}
 
     @property
     def parameters(self) -> dict[str, Any]:
@@ -158,13 +188,20 @@ class NotebookTask(Task):
     def process(self, **parameters: Any) -> list[dict[str, Any]]:
         """Download assets, run the notebook on the payload, return the items it emitted."""
         self.executor.prepare()  # the input is valid: warm up while the assets download
-        if self.download_assets:
-            progress.stage("download", f"assets {', '.join(self.download_assets)}")
-        features = download_assets(
-            self.payload.items_as_dicts, self.download_assets, self.workdir / "input-assets"
-        )
         input_path = self.workdir / INPUT_PAYLOAD_NAME
+        downloads = self.workdir / DOWNLOADS_FOLDER
+        features = self.payload.items_as_dicts
+        download_cell = None
+        if self.download_assets and self._download_after_validate_cells():
+            # The notebook's validate cells may refuse the payload: download after them,
+            # in the notebook, with the same function.
+            download_cell = _download_cell_source(input_path, self.download_assets, downloads)
+        elif self.download_assets:
+            progress.stage("download", f"assets {', '.join(self.download_assets)}")
+            features = download_assets(features, self.download_assets, downloads)
         input_path.write_text(json.dumps({**self.payload, "features": features}), encoding="utf-8")
+        run_facts = {"task_name": self.name, "workdir": str(self.workdir)}
+        (self.workdir / RUN_FILE).write_text(json.dumps(run_facts), encoding="utf-8")
 
         injected = dict(parameters)
         declared = self.notebook.schema.declared_reserved
@@ -181,7 +218,9 @@ class NotebookTask(Task):
         )
         try:
             execution = self.executor.execute(
-                self.notebook.runnable(),
+                self.notebook.runnable(
+                    validate=self.run_validate_cells, download_source=download_cell
+                ),
                 injected,
                 output_path=self.executed_notebook_path,
                 cwd=self.notebook.path.parent,
@@ -212,7 +251,16 @@ class NotebookTask(Task):
                 "the notebook emitted no items: the output payload has no features "
                 "(--require-items makes this an error)"
             )
+        if self.publication is not None and self.publication.upload and items:
+            progress.stage("upload", f"the assets of {len(items)} item(s)")
+            items = self.publication.upload_outputs(items)
         return items
+
+    def _download_after_validate_cells(self) -> bool:
+        """True when the metadata's downloads wait for the notebook's validate cells
+        (they run in the kernel: a Python one)."""
+        language = str(self.notebook.kernelspec.get("language") or "python").lower()
+        return self.run_validate_cells and self.notebook.has_validate_cells and language == "python"
 
     def run_record(self) -> dict[str, Any]:
         """What the executed notebook records of this run (``nb2task.provenance``)."""
@@ -236,6 +284,16 @@ class _NoTracebackForKnownErrors(logging.Filter):
             record.exc_info = None
             record.exc_text = None
         return True
+
+
+def _download_cell_source(payload: Path, keys: Sequence[str], directory: Path) -> str:
+    """The cell that downloads the run's assets in the notebook, after its validate
+    cells: values written as Python literals (``repr``), never pasted as text."""
+    call = f"download_payload_assets({str(payload)!r}, {list(keys)!r}, {str(directory)!r})"
+    return (
+        "# nb2task: the download_assets setting's assets download here, after the validate cells\n"
+        f"__import__('nb2task.assets', fromlist=['assets']).{call}\n"
+    )
 
 
 def _asset_keys(value: Any) -> tuple[str, ...]:

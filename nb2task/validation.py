@@ -3,7 +3,7 @@
 ``check_payload`` is what a payload must be before anything runs (the task's
 ``validate`` hook calls it); ``check_item`` is what every item must be, in the input
 payload or emitted by the notebook. Structure is always checked: nb2task relies on
-it. The STAC core schema is checked unless ``--no-validate``.
+it. The STAC core schema is checked unless ``--no-check-schema``.
 """
 
 from __future__ import annotations
@@ -24,11 +24,15 @@ def check_payload(payload: Payload, schema: bool = True) -> None:
     stactask's own ``Payload.validate`` has run (it raises TypeError/ValueError, which
     the task turns into InvalidInput); this adds what stactask leaves to later.
     """
-    if "features" not in payload:
-        hint = ""
-        if "Parameters" in payload or "error" in payload:
-            hint = " (this looks like a Step Functions/Batch event, not a payload)"
-        raise InvalidInput(f"not a Cirrus process payload: it has no 'features'{hint}")
+    # As in stactask, a payload without features is one with no items; but a document
+    # with neither features nor process, or a Step Functions event, was never a payload.
+    if "features" not in payload and ("Parameters" in payload or "error" in payload):
+        raise InvalidInput(
+            "not a Cirrus process payload: it has no 'features' "
+            "(this looks like a Step Functions/Batch event, not a payload)"
+        )
+    if "features" not in payload and "process" not in payload:
+        raise InvalidInput("not a Cirrus process payload: it has neither 'features' nor 'process'")
     if payload.get("type", "FeatureCollection") != "FeatureCollection":
         raise InvalidInput("a payload must be a FeatureCollection")
     _check_collection_expressions(payload)

@@ -1,7 +1,7 @@
 """Payload and item checks (``nb2task.validation``), in process: no notebook runs.
 
 Structure is always checked (nb2task relies on it); the STAC item schema only with
-``--validate`` (the default), ``schema=False`` being ``--no-validate``.
+``--check-schema`` (the default), ``schema=False`` being ``--no-check-schema``.
 """
 
 from __future__ import annotations
@@ -37,8 +37,8 @@ def item_with(**changes: Any) -> dict[str, Any]:
     ("document", "message"),
     [
         (
-            {"type": "FeatureCollection", "process": [{}]},
-            "not a Cirrus process payload: it has no 'features'",
+            {"type": "FeatureCollection"},
+            "not a Cirrus process payload: it has neither 'features' nor 'process'",
         ),
         (
             {"Parameters": {"url": "s3://b/in.json"}, "process": [{}]},
@@ -177,7 +177,7 @@ def test_schema_errors_only_with_validate(feature: dict[str, Any], where: str) -
     assert str(raised.value).startswith(
         f"payload feature 1 (id 'a') is not a valid STAC item: {where}"
     )
-    check_payload(payload, schema=False)  # --no-validate: structure only
+    check_payload(payload, schema=False)  # --no-check-schema: structure only
 
 
 def test_schema_accepts_what_cirrus_does() -> None:
@@ -241,7 +241,7 @@ def test_check_items_raises_the_error_it_is_given() -> None:
     check_items([], "emitted item", InvalidItemError)  # nothing emitted: nothing wrong
 
 
-# --- The task's validate hook: --validate / --no-validate -------------------------------------
+# --- The task's schema checks: --check-schema / --no-check-schema -----------------------------
 
 
 class NoExecutor:
@@ -251,8 +251,10 @@ class NoExecutor:
         raise AssertionError(f"the executor was used ({name}) while checking the payload")
 
 
-@pytest.mark.parametrize("validate", [True, False], ids=["validate", "no-validate"])
-def test_task_checks_structure_always_and_schema_when_asked(tmp_path: Path, validate: bool) -> None:
+@pytest.mark.parametrize("check_schema", [True, False], ids=["check-schema", "no-check-schema"])
+def test_task_checks_structure_always_and_schema_when_asked(
+    tmp_path: Path, check_schema: bool
+) -> None:
     from nb2task.task import NotebookTask
 
     task_class = NotebookTask.for_notebook(
@@ -262,11 +264,11 @@ def test_task_checks_structure_always_and_schema_when_asked(tmp_path: Path, vali
     def make(feature: dict[str, Any]) -> Any:
         payload = make_payload(features=[feature])
         return task_class(
-            payload, workdir=tmp_path / "work", validate=validate, executor=NoExecutor()
+            payload, workdir=tmp_path / "work", check_schema=check_schema, executor=NoExecutor()
         )
 
     schema_invalid = item_with(bbox=[])
-    if validate:
+    if check_schema:
         with pytest.raises(InvalidInput, match="is not a valid STAC item: bbox"):
             make(schema_invalid)
     else:

@@ -109,7 +109,7 @@ PAYLOAD_CASES = [
         3,
         payload={"Parameters": {"url": "s3://b/k"}},
     ),
-    Case("no-features", INVALID, "has no 'features'", 3, payload={"process": [{}]}),
+    Case("no-features-no-process", INVALID, "neither 'features' nor 'process'", 3, payload={}),
     Case(
         "not-feature-collection",
         INVALID,
