@@ -8,9 +8,11 @@ but not as it should in the cloud). ``--strict`` makes warnings fail too, for CI
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import re
-from collections.abc import Iterator
+import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,6 +26,7 @@ from .notebook import (
     normalise_task_name,
     parameters_cell,
 )
+from .schema import RESERVED, ConstraintError, parameter_from_node
 
 ERROR = "error"
 WARNING = "warning"
@@ -34,6 +37,12 @@ LOCAL_PATH = re.compile(
     r"|[A-Za-z]:[\\/])"
 )
 KERNEL_ONLY_MAGIC = re.compile(r"^\s*%(connect_info|qtconsole)\b")
+KNOWN_CONSTRAINTS = (
+    "Literal[...] and, in Annotated[...], annotated-types' Gt, Ge, Lt, Le, Interval, "
+    "MultipleOf, MinLen, MaxLen, Len and pydantic's Field bounds"
+)
+# A sample value to suggest for a parameter without one, by its JSON type.
+SAMPLES = {"integer": "0", "number": "0.0", "string": '""', "boolean": "False", "array": "[]"}
 PIP_INSTALL = re.compile(r"(^|[\s!%'\"\[,])(pip3?|conda|mamba|uv pip)['\"]?[\s,]+['\"]?install\b")
 
 
@@ -70,9 +79,11 @@ def lint(path: str | Path) -> list[Finding]:
         override = normalise_task_name(path.stem) or "task"  # to check the rest
     try:
         notebook = Notebook.load(path, override)
+    except ConstraintError as err:
+        return [*findings, Finding("bad-constraint", ERROR, str(err))]
     except NotebookError as err:
         return [*findings, Finding("unreadable", ERROR, str(err))]
-    for check in (_parameters, _cells, _requirements, _kernel):
+    for check in (_parameters, _constraints, _cells, _imports, _requirements, _kernel):
         findings.extend(check(notebook))
     return findings
 
@@ -163,6 +174,59 @@ def _parameters(notebook: Notebook) -> Iterator[Finding]:
                 WARNING,
                 f"`{target}` is reserved: nb2task sets it to a path (a str); give it a "
                 "plain string default, and use another name for a task parameter",
+                number,
+                node.lineno,
+            )
+
+
+def _constraints(notebook: Notebook) -> Iterator[Finding]:
+    """Each declaration of the parameters cell: a required parameter (no value, so plain
+    Jupyter fails), Annotated metadata nb2task does not check, a default its own
+    constraints refuse."""
+    cell = parameters_cell(notebook.node)
+    tree = _parse(cell["source"]) if cell is not None else None
+    if cell is None or tree is None:
+        return
+    number = notebook.node["cells"].index(cell) + 1
+    for node in tree.body:
+        try:
+            param = parameter_from_node(node)
+        except ConstraintError:  # Notebook.load read the same cell: not reached
+            continue
+        if param is None or param.name in RESERVED:
+            continue
+        final = notebook.schema.get(param.name)
+        if isinstance(node, ast.AnnAssign) and node.value is None and final and final.required:
+            declared = f"{param.name}: {ast.unparse(node.annotation)}"
+            sample = SAMPLES.get(param.types[0], "None") if param.types else "None"
+            if "enum" in param.rules:
+                sample = repr(param.rules["enum"][0])
+            yield Finding(
+                "required-without-default",
+                WARNING,
+                f"`{declared}` has no value: in plain Jupyter the notebook stops with a "
+                f"NameError where `{param.name}` is first used. A sample value "
+                f"(`{declared} = {sample}`) lets it run there and the payload still "
+                "overrides it, but then a payload that leaves it out runs on that value "
+                "instead of being refused",
+                number,
+                node.lineno,
+            )
+        for metadata in param.unknown:
+            yield Finding(
+                "unknown-constraint",
+                WARNING,
+                f"parameter '{param.name}': {metadata} in Annotated[...] is not a constraint "
+                f"nb2task knows: it is not checked (nb2task checks {KNOWN_CONSTRAINTS})",
+                number,
+                node.lineno,
+            )
+        violation = param.default_violation()
+        if violation:
+            yield Finding(
+                "default-violates-constraint",
+                ERROR,
+                f"the default breaks the parameter's own constraint: {violation}",
                 number,
                 node.lineno,
             )
@@ -280,6 +344,180 @@ def _requirements(notebook: Notebook) -> Iterator[Finding]:
                 f"requirement {line!r} is not pinned: nb2task build pins it to the version "
                 "installed where it runs; write NAME==VERSION",
             )
+
+
+def _imports(notebook: Notebook) -> Iterator[Finding]:
+    """Modules the cells import that neither the task's requirements nor nb2task's image
+    provide: the task would fail with ModuleNotFoundError in its image. ``nb2task-skip``
+    cells are left out: they never run in a task, nor reach the image."""
+    from .build import parse_requirement, requirement_sources
+    from .errors import BuildError
+
+    try:
+        lines = [
+            parse_requirement(line, where, allow_url=True)
+            for where, line in requirement_sources(notebook)
+        ]
+    except BuildError:  # _requirements says so
+        return
+    from packaging.utils import canonicalize_name
+
+    required = {canonicalize_name(r.name) for r in lines}
+    covered: set[str] = set()  # filled at the first import outside the standard library
+    seen: set[str] = set()
+    folder = notebook.path.parent
+    for number, cell in enumerate(notebook.node["cells"], 1):
+        if cell.get("cell_type") != "code" or SKIP_TAG in _tags(cell):
+            continue
+        tree = _parse(str(cell.get("source", "")))
+        for module, line in _imported(tree.body if tree is not None else []):
+            top = module.partition(".")[0]
+            if top in seen or top in sys.stdlib_module_names or top == "nb2task":
+                continue
+            seen.add(top)
+            if (folder / f"{top}.py").is_file() or (folder / top).is_dir():
+                continue  # the notebook's own module (nb2task build --include)
+            if not covered:
+                covered = _closure((r.name, frozenset(r.extras)) for r in lines)
+                covered |= _image_distributions()
+            dists = _providers().get(top, [])
+            if {canonicalize_name(d) for d in dists} & covered:
+                continue
+            if not dists and canonicalize_name(IMPORT_ALIASES.get(top, top)) in required:
+                continue  # not installed here, but named by a requirement
+            if dists:
+                from importlib.metadata import version
+
+                dist = dists[0]
+                why = (
+                    f"{top!r} comes from {dist} (installed here: {dist}=={version(dist)}), "
+                    f"which neither the task's requirements nor nb2task's image provide: add "
+                    f"it to metadata {METADATA_KEY}.requirements"
+                )
+            else:
+                why = (
+                    f"no distribution installed here provides {top!r}, and no requirement is "
+                    f"named so: add the one that does to metadata {METADATA_KEY}.requirements"
+                )
+            yield Finding(
+                "import-not-in-requirements", WARNING, f"import {module}: {why}", number, line
+            )
+
+
+# Import names whose distribution is named otherwise, for modules not installed here
+# (installed ones are looked up in their distributions' metadata).
+IMPORT_ALIASES = {
+    "PIL": "pillow",
+    "cv2": "opencv-python",
+    "sklearn": "scikit-learn",
+    "skimage": "scikit-image",
+    "yaml": "pyyaml",
+    "osgeo": "gdal",
+    "bs4": "beautifulsoup4",
+    "dateutil": "python-dateutil",
+    "attr": "attrs",
+    "jwt": "pyjwt",
+    "dotenv": "python-dotenv",
+}
+# What Dockerfile.base uninstalls from nb2task's stack (debugging and completion only).
+REMOVED_FROM_IMAGE = frozenset({"debugpy", "jedi", "parso"})
+_OPTIONAL_IMPORT = {"ImportError", "ModuleNotFoundError", "Exception", "BaseException"}
+
+
+def _imported(body: list[ast.stmt]) -> Iterator[tuple[str, int]]:
+    """``(module, line)`` for each import a cell runs as it runs: its statements and their
+    blocks, not function or class bodies (run when called, if ever), and not a ``try``
+    that catches ImportError (an optional import, with its fallback)."""
+    for node in body:
+        if isinstance(node, ast.Import):
+            yield from ((alias.name, node.lineno) for alias in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level == 0 and node.module:
+                yield node.module, node.lineno
+        elif isinstance(node, ast.Try | ast.TryStar):
+            if not any(_catches_import_error(h) for h in node.handlers):
+                yield from _imported(node.body)
+                for handler in node.handlers:
+                    yield from _imported(handler.body)
+            yield from _imported(node.orelse)
+            yield from _imported(node.finalbody)
+        elif isinstance(node, ast.If | ast.For | ast.AsyncFor | ast.While):
+            if not (isinstance(node, ast.If) and _annotation_only(node.test)):
+                yield from _imported(node.body)
+            yield from _imported(node.orelse)
+        elif isinstance(node, ast.With | ast.AsyncWith):
+            yield from _imported(node.body)
+
+
+def _catches_import_error(handler: ast.ExceptHandler) -> bool:
+    if handler.type is None:
+        return True
+    names = handler.type.elts if isinstance(handler.type, ast.Tuple) else [handler.type]
+    return any(
+        (n.id if isinstance(n, ast.Name) else n.attr if isinstance(n, ast.Attribute) else "")
+        in _OPTIONAL_IMPORT
+        for n in names
+    )
+
+
+def _annotation_only(test: ast.expr) -> bool:
+    """``if TYPE_CHECKING:``: a block that never runs."""
+    name = (
+        test.id
+        if isinstance(test, ast.Name)
+        else test.attr
+        if isinstance(test, ast.Attribute)
+        else ""
+    )
+    return name == "TYPE_CHECKING"
+
+
+@functools.cache
+def _providers() -> dict[str, list[str]]:
+    """Import name -> the installed distributions that provide it."""
+    from importlib.metadata import packages_distributions
+
+    return {name: list(dists) for name, dists in packages_distributions().items()}
+
+
+@functools.cache
+def _image_distributions() -> frozenset[str]:
+    """The distributions in nb2task's image: nb2task and what it requires (no extras),
+    installed here, less what the base image removes."""
+    return frozenset(_closure([("nb2task", frozenset())]) - REMOVED_FROM_IMAGE)
+
+
+def _closure(roots: Iterable[tuple[str, frozenset[str]]]) -> set[str]:
+    """The canonical names of ``roots`` (name, extras) and of everything they require,
+    as far as it is installed here."""
+    from importlib.metadata import PackageNotFoundError, requires
+
+    from packaging.requirements import InvalidRequirement, Requirement
+    from packaging.utils import canonicalize_name
+
+    found: set[str] = set()
+    walked: set[tuple[str, frozenset[str]]] = set()
+    queue = list(roots)
+    while queue:
+        name, extras = queue.pop()
+        key = (canonicalize_name(name), extras)
+        if key in walked:
+            continue
+        walked.add(key)
+        found.add(key[0])
+        try:
+            lines = requires(name) or []
+        except PackageNotFoundError:
+            continue
+        for line in lines:
+            try:
+                requirement = Requirement(line)
+            except InvalidRequirement:
+                continue
+            marker = requirement.marker
+            if marker is None or any(marker.evaluate({"extra": e}) for e in extras | {""}):
+                queue.append((requirement.name, frozenset(requirement.extras)))
+    return found
 
 
 def _kernel(notebook: Notebook) -> Iterator[Finding]:

@@ -61,6 +61,10 @@ class ConstraintError(NotebookError):
         self.line = line
 
 
+class _Refused(Exception):
+    """A value a parameter refuses (InvalidInput once it leaves ``check``)."""
+
+
 @dataclass(frozen=True)
 class Parameter:
     """One parameter of the notebook."""
@@ -130,36 +134,37 @@ class Parameter:
     def check(self, value: Any) -> Any:
         """Return ``value`` (an int widened to float where a number is wanted), or raise
         InvalidInput: a wrong type, or a value its constraints refuse."""
-        value = self._typed(value)
-        self._enforce(value)
+        try:
+            value = self._typed(value)
+            self._enforce(value)
+        except _Refused as refused:
+            raise invalid_input(str(refused)) from None
         return value
 
     def default_violation(self) -> str | None:
         """Why the literal default breaks the parameter's own constraints, or None (a
         default of another type, such as ``None``, is the notebook's business)."""
-        from stactask.exceptions import InvalidInput
-
         if self.required or self.computed:
             return None
         try:
             value = self._typed(self.default)
-        except InvalidInput:
+        except _Refused:
             return None
         try:
             self._enforce(value)
-        except InvalidInput as err:
-            return str(err)
+        except _Refused as refused:
+            return str(refused)
         return None
 
     def _typed(self, value: Any) -> Any:
         if isinstance(value, float) and not math.isfinite(value):
-            raise invalid_input(
+            raise _Refused(
                 f"parameter '{self.name}' must be a finite number, got {value!r} "
                 "(NaN and infinity are not JSON)"
             )
         matched = next((t for t in self.types if _is_json_type(value, t)), None)
         if self.types and matched is None:
-            raise invalid_input(
+            raise _Refused(
                 f"parameter '{self.name}' must be {self.type_label}, "
                 f"got {type(value).__name__} {_short(value)}"
             )
@@ -169,11 +174,11 @@ class Parameter:
 
     def _typed_element(self, index: int, element: Any) -> Any:
         if isinstance(element, float) and not math.isfinite(element):
-            raise invalid_input(f"parameter '{self.name}'[{index}] must be a finite number")
+            raise _Refused(f"parameter '{self.name}'[{index}] must be a finite number")
         for json_type in self.items:
             if _is_json_type(element, json_type):
                 return float(element) if json_type == "number" else element
-        raise invalid_input(
+        raise _Refused(
             f"parameter '{self.name}'[{index}] must be {' | '.join(self.items)}, "
             f"got {type(element).__name__} {_short(element)}"
         )
@@ -226,11 +231,9 @@ def _phrase(keyword: str, bound: Any) -> str:
 
 
 def _enforce(label: str, value: Any, rules: dict[str, Any], keys: frozenset[Any]) -> None:
-    """InvalidInput naming ``label``, the rule and the value, if ``value`` breaks one."""
+    """Refuse ``value`` if it breaks a rule, naming ``label``, the rule and the value."""
     if "enum" in rules and _enum_key(value) not in keys:
-        raise invalid_input(
-            f"{label} must be one of {_show_values(rules['enum'])}, got {_short(value)}"
-        )
+        raise _Refused(f"{label} must be one of {_show_values(rules['enum'])}, got {_short(value)}")
     for keyword, bound in rules.items():
         if keyword == "enum":
             continue
@@ -238,7 +241,7 @@ def _enforce(label: str, value: Any, rules: dict[str, Any], keys: frozenset[Any]
         if not any(_is_json_type(value, t) for t in applies) or _satisfies(keyword, value, bound):
             continue
         got = _short(value) if applies is _NUMBERS else f"{_short(value)} (length {len(value)})"
-        raise invalid_input(f"{label} must {phrase.format(bound)}, got {got}")
+        raise _Refused(f"{label} must {phrase.format(bound)}, got {got}")
 
 
 _BOUNDS = {
