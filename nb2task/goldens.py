@@ -1,16 +1,28 @@
-"""Golden fixtures: a notebook task's test cases, laid out as cirrus-task-example lays
-them, beside the notebook::
+"""Golden fixtures: a notebook task's test cases, in either of two layouts::
 
-    fixtures/success/<case>/in.json     + out.json       the expected output payload
-    fixtures/failure/<case>/in.json     + exception.txt  a regex on the last error line
-    fixtures/<kind>/<case>/params.yaml  (optional)       parameters, as ``run -f``
-    fixtures/ignore.txt                 (optional)       more volatile keys, one a line
+    fixtures/{success,failure}/<case>/                 beside the notebook (``nb2task new``)
+    tests/fixtures/payloads/{success,failure}/<case>/  cirrus-task-example's, the notebook at
+                                                       the repository's root
+
+and in each case folder::
+
+    in.json       the input payload
+    out.json      the expected output payload (a success)
+    exception.txt a regex searched in the error's message (a failure), as
+                  cirrus-task-example's ``pytest.raises(Exception, match=...)`` does; a first
+                  line ``# match: last-line`` searches the whole last error line instead
+    params.yaml   (optional) parameters, as ``run -f``
+
+and ``ignore.txt`` (optional) beside ``success/`` and ``failure/``: more volatile keys, one
+a line. A case with an ``exception.txt`` expects a failure, one with an ``out.json`` an
+output (as cirrus-task-example's tests decide); one with neither, what its folder says.
 
 Each case runs as ``run --local`` would, in a folder of its own, through one warm
 runner. Outputs are compared after ``normalise``: timestamps and other volatile keys
 masked, local paths written relative to the case, the notebook or the work folder, the
-record's links dropped. ``nb2task test`` and the pytest plugin (``nb2task.pytest_plugin``)
-both use ``GoldenRunner``.
+record's links dropped; numbers compare by value (``1`` is ``1.0``, as in JSON).
+``nb2task test`` and the pytest plugin (``nb2task.pytest_plugin``) both use
+``GoldenRunner``.
 """
 
 from __future__ import annotations
@@ -35,6 +47,9 @@ from . import settings
 from .errors import UsageError, error_line
 
 FIXTURES = "fixtures"
+# Where a task's fixtures may be, from the notebook's folder: nb2task's layout, then
+# cirrus-task-example's (tests/fixtures/payloads/ in the repository a notebook is the task of).
+LAYOUTS = (Path(FIXTURES), Path("tests", FIXTURES, "payloads"))
 KINDS = ("success", "failure")
 INPUT, OUTPUT, EXCEPTION, PARAMS, IGNORE = (
     "in.json",
@@ -49,6 +64,11 @@ MASK = "<volatile>"
 MAX_DIFFERENCES = 20
 # How long an exception.txt pattern may take to match (a fixture is not trusted code).
 MATCH_TIMEOUT_S = 2
+# What an exception.txt pattern is searched in: the error's message (cirrus-task-example's
+# meaning, the default) or the whole last error line, ``dotted.ErrorName: message``.
+MESSAGE, LAST_LINE = "message", "last-line"
+MATCH_MODES = (MESSAGE, LAST_LINE)
+_MATCH_HEADER = re.compile(r"#\s*match:\s*(\S*)\s*")
 
 
 @dataclass(frozen=True)
@@ -62,7 +82,17 @@ class Case:
         return f"{self.folder.parent.name}/{self.folder.name}"
 
     @property
+    def root(self) -> Path:
+        """The fixtures folder the case is in (holding ``success/`` and ``failure/``)."""
+        return self.folder.parent.parent
+
+    @property
     def expects_failure(self) -> bool:
+        # As cirrus-task-example's tests decide: the golden file present says, else the folder.
+        if (self.folder / EXCEPTION).is_file():
+            return True
+        if (self.folder / OUTPUT).is_file():
+            return False
         return self.folder.parent.name == "failure"
 
     @property
@@ -79,6 +109,37 @@ class Case:
         return {}
 
 
+@dataclass(frozen=True)
+class Expectation:
+    """An ``exception.txt``: its pattern, and what it is searched in (``MATCH_MODES``)."""
+
+    pattern: str
+    mode: str = MESSAGE
+
+    @classmethod
+    def parse(cls, text: str) -> Expectation:
+        """The expectation ``text`` says; ValueError if its ``# match:`` line names no mode."""
+        first, _, rest = text.strip().partition("\n")
+        header = _MATCH_HEADER.fullmatch(first.strip())
+        if header is None:
+            return cls(text.strip())  # read as cirrus-task-example reads it: stripped
+        if header[1] not in MATCH_MODES:
+            raise ValueError(
+                f"its first line {first.strip()!r} names no way to match: "
+                f"'# match: {MESSAGE}' (the default) or '# match: {LAST_LINE}'"
+            )
+        return cls(rest.strip(), header[1])
+
+    def format(self) -> str:
+        """The file's text: the pattern, after a ``# match:`` line unless the default."""
+        header = "" if self.mode == MESSAGE else f"# match: {self.mode}\n"
+        return f"{header}{self.pattern}\n"
+
+    @property
+    def searched_in(self) -> str:
+        return "the error's message" if self.mode == MESSAGE else "the last error line"
+
+
 @dataclass
 class Outcome:
     """What running a case gave: passed or not, and why not, in readable lines."""
@@ -91,9 +152,31 @@ class Outcome:
     logs: list[str] = field(default_factory=list)
 
 
-def fixtures_of(notebook: Path) -> Path:
-    """The fixtures folder of a notebook: ``fixtures/`` beside it."""
-    return notebook.resolve().parent / FIXTURES
+def fixture_roots(notebook: Path) -> list[Path]:
+    """The fixtures folders of a notebook that exist, in ``LAYOUTS`` order."""
+    folder = notebook.resolve().parent
+    return [folder / layout for layout in LAYOUTS if (folder / layout).is_dir()]
+
+
+def task_folder(fixtures: Path) -> Path:
+    """The folder of the notebook whose fixtures folder ``fixtures`` is (``LAYOUTS``)."""
+    for layout in sorted(LAYOUTS, key=lambda layout: -len(layout.parts)):
+        if fixtures.parts[-len(layout.parts) :] == layout.parts:
+            return Path(*fixtures.parts[: -len(layout.parts)])
+    return fixtures.parent
+
+
+def case_of(in_json: Path) -> Case | None:
+    """The case whose ``in.json`` this is, if it is in a fixtures layout (``LAYOUTS``);
+    in cirrus-task-example's layout, only where a notebook is at the repository's root
+    (else the fixtures are a hand-written task's, its own tests' business)."""
+    case = Case(in_json.parent)
+    if in_json.name != INPUT or case.folder.parent.name not in KINDS:
+        return None
+    folder = task_folder(case.root)
+    if folder == case.root.parent:  # nb2task's layout: the root must be named fixtures
+        return case if case.root.name == FIXTURES else None
+    return case if notebook_candidates(folder) else None
 
 
 def find_cases(fixtures: Path, selected: str | None = None) -> list[Case]:
@@ -128,34 +211,47 @@ def check_case(case: Case, fixtures: Path) -> None:
 
 
 def task_cases(path: Path, selected: str | None = None) -> tuple[Path, list[Case]]:
-    """The notebook at ``path`` (or the one in the folder ``path``) and its cases (those
-    whose name contains ``selected``); UsageError if there is none."""
-    notebook = notebook_for(path / FIXTURES) if path.is_dir() else path
+    """The notebook at ``path`` (or the one in the folder ``path``) and its cases, in
+    every layout it has (those whose name contains ``selected``); UsageError if none."""
+    notebook = notebook_in(path) if path.is_dir() else path
     if not notebook.is_file():
         raise UsageError(f"no such notebook: {notebook}")
-    fixtures = fixtures_of(notebook)
-    cases = find_cases(fixtures, selected)
+    cases = [case for root in fixture_roots(notebook) for case in find_cases(root, selected)]
     if not cases:
+        folder = notebook.resolve().parent
         raise UsageError(
-            f"no cases in {fixtures}: a case is a folder fixtures/success/<case>/ (or "
-            "failure/) with an in.json (`nb2task new` makes a task folder with some)"
+            f"no cases for {notebook.name} in {folder}: a case is a folder "
+            f"{FIXTURES}/success/<case>/ (or failure/) with an in.json, or the same under "
+            "tests/fixtures/payloads/ as cirrus-task-example lays them (`nb2task new` makes "
+            "a task folder with some)"
         )
     return notebook, cases
 
 
 def notebook_for(fixtures: Path) -> Path:
-    """The notebook a fixtures folder belongs to: the one notebook beside it."""
-    folder = fixtures.parent
-    candidates = [
-        p for p in sorted(folder.glob("*.ipynb")) if not p.name.endswith(".executed.ipynb")
-    ] + [p for p in sorted(folder.glob("*.py")) if _is_percent_notebook(p)]
+    """The notebook a fixtures folder belongs to: the one notebook of ``task_folder``."""
+    return notebook_in(task_folder(fixtures), fixtures)
+
+
+def notebook_in(folder: Path, fixtures: Path | None = None) -> Path:
+    """The one notebook in ``folder``; UsageError if there is none, or several."""
+    candidates = notebook_candidates(folder)
     if len(candidates) != 1:
         found = ", ".join(p.name for p in candidates) or "none"
+        whose = f"{fixtures} belongs to the one notebook in {folder}, and " if fixtures else ""
         raise UsageError(
-            f"{fixtures} belongs to the one notebook beside it, and {folder} has "
-            f"{len(candidates)} ({found}): keep one task notebook per folder"
+            f"{whose}{folder} has {len(candidates)} notebook(s) ({found}): keep one task "
+            "notebook per folder"
         )
     return candidates[0]
+
+
+def notebook_candidates(folder: Path) -> list[Path]:
+    """The notebooks in ``folder``: ``.ipynb`` files (not executed ones) and jupytext
+    percent ``.py`` files with a parameters cell."""
+    return [p for p in sorted(folder.glob("*.ipynb")) if not p.name.endswith(".executed.ipynb")] + [
+        p for p in sorted(folder.glob("*.py")) if _is_percent_notebook(p)
+    ]
 
 
 def _is_percent_notebook(path: Path) -> bool:
@@ -221,10 +317,17 @@ def differences(expected: Any, actual: Any, where: str = "") -> list[str]:
             else:
                 lines += differences(expected[index], actual[index], place)
         return lines
-    if expected == actual and type(expected) is type(actual):
+    if expected == actual and _json_type(expected) == _json_type(actual):
         return []
     place = where.lstrip(".") or "(the document)"
     return [f"{place}: expected {_short(expected)}, got {_short(actual)}"]
+
+
+def _json_type(value: Any) -> str:
+    """JSON's type of a value: ``1`` and ``1.0`` are both numbers, ``true`` is not one."""
+    if isinstance(value, bool):
+        return "boolean"
+    return "number" if isinstance(value, int | float) else type(value).__name__
 
 
 def _short(value: Any, limit: int = 100) -> str:
@@ -239,8 +342,7 @@ class GoldenRunner:
         from .runner import Runner, RunOptions
 
         self.notebook = notebook.resolve()
-        self.fixtures = fixtures_of(notebook)
-        self.volatile = ignored_keys(self.fixtures)
+        self.volatile = VOLATILE  # each case adds its fixtures folder's ignore.txt
         engine = engine or settings.current().engine
         self.options = RunOptions(upload=False, save_workdir=True, engine=engine)
         self.runner = Runner(self.notebook, self.options)
@@ -259,7 +361,7 @@ class GoldenRunner:
         from .failure import context_lines
         from .publish import UrlOutput
 
-        check_case(case, self.fixtures)  # the pytest plugin makes its cases itself
+        check_case(case, case.root)  # the pytest plugin makes its cases itself
         started = time.monotonic()
         workdir = Path(tempfile.mkdtemp(prefix="nb2task-golden-"))
         places = {
@@ -267,6 +369,7 @@ class GoldenRunner:
             str(case.folder.resolve()): "{case}",
             str(self.notebook.parent): "{notebook}",
         }
+        volatile = self.volatile | ignored_keys(case.root)
         output: dict[str, Any] | None = None
         error: Exception | None = None
         outcome = Outcome(case, False)
@@ -285,25 +388,28 @@ class GoldenRunner:
                     error = err
             outcome = Outcome(case, True, logs=logs)
             if error is not None:
-                line = normalise(error_line(error), places)
-                self._judge_failure(outcome, line, context_lines(error), update)
+                failure = Failure(
+                    normalise(error_line(error), places), normalise(own_message(error), places)
+                )
+                self._judge_failure(outcome, failure, context_lines(error), update)
             else:
-                self._judge_output(outcome, normalise(output, places, self.volatile), update)
+                self._judge_output(outcome, normalise(output, places, volatile), volatile, update)
         finally:
             if error is None or outcome.passed:  # a failed case keeps its record
                 shutil.rmtree(workdir, ignore_errors=True)
         outcome.seconds = time.monotonic() - started
         return outcome
 
-    def _judge_output(self, outcome: Outcome, actual: Any, update: bool) -> None:
+    def _judge_output(
+        self, outcome: Outcome, actual: Any, volatile: frozenset[str], update: bool
+    ) -> None:
         case = outcome.case
         if case.expects_failure:
             if update:
                 return self._fail(outcome, "the run succeeded: a failure case cannot be updated")
-            pattern = _read(case.golden)
-            return self._fail(
-                outcome, f"expected a failure matching {pattern!r}, but the run succeeded"
-            )
+            expected = _expectation(case.golden)
+            wanted = f" matching {expected.pattern!r}" if isinstance(expected, Expectation) else ""
+            return self._fail(outcome, f"expected a failure{wanted}, but the run succeeded")
         if update:
             _write(case.golden, json.dumps(actual, indent=2, ensure_ascii=False) + "\n")
             outcome.updated = True
@@ -311,7 +417,7 @@ class GoldenRunner:
         if not case.golden.is_file():
             return self._fail(outcome, f"no {OUTPUT} yet: `nb2task test --update` records it")
         try:
-            expected = normalise(json.loads(_read(case.golden)), {}, self.volatile)
+            expected = normalise(json.loads(_read(case.golden)), {}, volatile)
         except ValueError as err:
             return self._fail(outcome, f"{case.golden} is not JSON: {err}")
         found = differences(expected, actual)
@@ -327,22 +433,25 @@ class GoldenRunner:
             )
         return None
 
-    def _judge_failure(self, outcome: Outcome, line: str, context: list[str], update: bool) -> None:
+    def _judge_failure(
+        self, outcome: Outcome, failure: Failure, context: list[str], update: bool
+    ) -> None:
         case = outcome.case
         if not case.expects_failure:
-            return self._fail(outcome, f"the run failed: {line}", *context)
+            return self._fail(outcome, f"the run failed: {failure.line}", *context)
+        expected = _expectation(case.golden)
         if update:
-            pattern = "^" + re.escape(line).replace("\\ ", " ") + "$"  # spaces stay legible
-            for placeholder in ("{workdir}", "{case}", "{notebook}"):
-                pattern = pattern.replace(re.escape(placeholder), ".*")
-            _write(case.golden, pattern + "\n")
+            mode = expected.mode if isinstance(expected, Expectation) else MESSAGE
+            _write(case.golden, Expectation(exact_pattern(failure.text(mode)), mode).format())
             outcome.updated = True
             return None
-        if not case.golden.is_file():
+        if expected is None:
             return self._fail(outcome, f"no {EXCEPTION} yet: `nb2task test --update` records it")
-        pattern = _read(case.golden)
+        if isinstance(expected, str):
+            return self._fail(outcome, f"{case.golden}: {expected}")
+        searched = failure.text(expected.mode)
         try:
-            matched = bounded_search(pattern, line)
+            matched = bounded_search(expected.pattern, searched)
         except re.error as err:
             return self._fail(outcome, f"{case.golden} is not a valid regex: {err}")
         except MatchError as err:
@@ -350,23 +459,94 @@ class GoldenRunner:
         except TimeoutError:
             return self._fail(
                 outcome,
-                f"{EXCEPTION}'s pattern took over {MATCH_TIMEOUT_S:g} s to match the error line "
-                f"(catastrophic backtracking?): {pattern!r}",
-                f"  the error line: {line}",
+                f"{EXCEPTION}'s pattern took over {MATCH_TIMEOUT_S:g} s to match "
+                f"{expected.searched_in} (catastrophic backtracking?): {expected.pattern!r}",
+                f"  the error line: {failure.line}",
             )
         if not matched:
-            self._fail(
-                outcome,
-                "the run failed differently:",
-                f"  expected a match for {pattern!r}",
-                f"  got: {line}",
-            )
+            self._fail(outcome, *mismatch(expected, failure))
         return None
 
     @staticmethod
     def _fail(outcome: Outcome, *problems: str) -> None:
         outcome.passed = False
         outcome.problems.extend(problems)
+
+
+@dataclass(frozen=True)
+class Failure:
+    """How a run failed: its last error line, and the error's own message."""
+
+    line: str
+    message: str
+
+    def text(self, mode: str) -> str:
+        """What an exception.txt of ``mode`` is searched in."""
+        return self.message if mode == MESSAGE else self.line
+
+
+def own_message(error: BaseException) -> str:
+    """The error's message as the notebook's code raised it (``str(exception)``, as
+    cirrus-task-example's ``pytest.raises(match=)`` sees it): a cell's error without the
+    ``(notebook cell ...)`` that nb2task's last line adds; secrets redacted, on one line
+    (whitespace runs are one space, as on the last line)."""
+    from .errors import NotebookCellError
+    from .redact import redact
+
+    text = error.evalue if isinstance(error, NotebookCellError) else str(error)
+    return " ".join(redact(text).split())
+
+
+def exact_pattern(text: str) -> str:
+    """A regex matching exactly ``text``, as ``--update`` writes it: spaces left legible,
+    the placeholders of local folders (``normalise``) matching any path."""
+    pattern = "^" + re.escape(text).replace("\\ ", " ") + "$"
+    for placeholder in ("{workdir}", "{case}", "{notebook}"):
+        pattern = pattern.replace(re.escape(placeholder), ".*")
+    return pattern
+
+
+def mismatch(expected: Expectation, failure: Failure) -> list[str]:
+    """What a failed match reads like: the pattern, what it was searched in, and where an
+    exact pattern (``^literal$``) first parts from it."""
+    searched = failure.text(expected.mode)
+    wanted = f"expected ({EXCEPTION}):"
+    got = f"got ({'message' if expected.mode == MESSAGE else 'error line'}):".ljust(len(wanted))
+    lines = [
+        f"the run failed differently: {EXCEPTION} does not match {expected.searched_in}",
+        f"  {wanted} {expected.pattern!r}",
+        f"  {got} {searched!r}",
+    ]
+    literal = _literal(expected.pattern)
+    if literal is not None:
+        at = next(
+            (i for i, (a, b) in enumerate(zip(literal, searched, strict=False)) if a != b),
+            min(len(literal), len(searched)),
+        )
+        lines.append(
+            f"  they part at character {at + 1}: expected {literal[at : at + 30]!r}, "
+            f"got {searched[at : at + 30]!r}"
+        )
+    if expected.mode == MESSAGE:
+        lines.append(f"  the error line: {failure.line}")
+    return lines
+
+
+def _literal(pattern: str) -> str | None:
+    """The text an anchored pattern of plain (or escaped) characters matches, else None."""
+    found = re.fullmatch(r"\^((?:\\\W|[^\\.^$*+?{}\[\]|()])*)\$", pattern)
+    return None if found is None else re.sub(r"\\(\W)", r"\1", found[1])
+
+
+def _expectation(path: Path) -> Expectation | str | None:
+    """The expectation of an ``exception.txt``: None if there is none, a problem (str)
+    if its first line names no way to match."""
+    if not path.is_file():
+        return None
+    try:
+        return Expectation.parse(_read(path))
+    except ValueError as err:
+        return str(err)
 
 
 def _read(path: Path) -> str:

@@ -1,9 +1,12 @@
 """nb2task's pytest plugin (entry point ``pytest11``): golden fixtures as test items.
 
 Wherever pytest collects, each ``fixtures/{success,failure}/<case>/in.json`` becomes a
-test of the notebook beside ``fixtures/``, run as ``nb2task test`` runs it (one warm
-runner per notebook for the session). A task repository's CI is then one ``pytest``
-call. ``--nb2task-update`` rewrites the goldens; ``-p no:nb2task`` turns the plugin off.
+test of the notebook beside ``fixtures/``, and each
+``tests/fixtures/payloads/{success,failure}/<case>/in.json`` (cirrus-task-example's layout)
+a test of the notebook beside ``tests/``, if there is one. Each runs as ``nb2task test``
+runs it (one warm runner per notebook for the session): a task repository's CI is then one
+``pytest`` call. ``--nb2task-update`` rewrites the goldens; ``-p no:nb2task`` turns the
+plugin off.
 This module is imported by every pytest run where nb2task is installed: it stays light.
 """
 
@@ -48,15 +51,15 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    case = file_path.parent
-    if (
-        file_path.name == "in.json"
-        and case.parent.name in ("success", "failure")
-        and case.parent.parent.name == "fixtures"
-    ):
-        collector: pytest.Collector = GoldenFile.from_parent(parent, path=file_path)
-        return collector
-    return None
+    # Cheap checks first: this hook sees every file pytest walks past.
+    if file_path.name != "in.json" or file_path.parent.parent.name not in ("success", "failure"):
+        return None
+    from .goldens import case_of
+
+    if case_of(file_path) is None:
+        return None
+    collector: pytest.Collector = GoldenFile.from_parent(parent, path=file_path)
+    return collector
 
 
 class GoldenFile(pytest.File):
