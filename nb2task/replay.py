@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError, error_line, exit_code
-from .notebook import ENGINES, TASK_NAME, Notebook
+from .notebook import DOWNLOAD_TAG, ENGINES, TASK_NAME, Notebook
 from .provenance import RUN_KEY, payload_digest, run_metadata
 
 logger = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def recorded_notebook(record: Record) -> dict[str, Any]:
     cells = []
     for cell in node["cells"]:
         tags = cell.get("metadata", {}).get("tags", [])
-        if BANNER_TAG in tags or INJECTED_TAG in tags:
+        if BANNER_TAG in tags or INJECTED_TAG in tags or DOWNLOAD_TAG in tags:
             continue
         cell.get("metadata", {}).pop("papermill", None)
         cell.get("metadata", {}).pop("execution", None)
@@ -417,6 +417,10 @@ def prepare_jupyter(
             if k in values
         }
     )
+    # The run's own download cell points at its workdir: in Jupyter it has nothing to do.
+    node["cells"] = [
+        c for c in node["cells"] if DOWNLOAD_TAG not in c.get("metadata", {}).get("tags", [])
+    ]
     for cell in node["cells"]:
         if INJECTED_TAG in cell.get("metadata", {}).get("tags", []):
             cell["source"] = (
