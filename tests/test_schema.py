@@ -1,9 +1,14 @@
-"""The parameter schema read from a parameters cell, and its validation (no kernel)."""
+"""The parameter schema read from a parameters cell, its constraints, and its validation
+(no kernel; one test runs the CLI to see the constraints checked before any cell or download)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 from stactask.exceptions import InvalidInput
+from support import make_payload, run_cli, sample_item, write_notebook
 
 from nb2task.errors import NotebookError
 from nb2task.schema import ParameterSchema
@@ -187,3 +192,311 @@ def test_a_computed_default_has_no_default_in_the_json_schema(schema: ParameterS
     assert "type" not in js["properties"]["computed"]  # any type
     assert schema.resolve({"count": 1, "computed": [1]}) == {"count": 1, "computed": [1]}
     assert "computed" not in schema.resolve({"count": 1})  # the notebook computes it
+
+
+# --- Constraints: Literal and Annotated, read from the cell's source, never run -------
+
+CONSTRAINED = """
+from typing import Annotated, Literal, Optional
+import typing
+import typing as t
+
+import annotated_types as at
+from annotated_types import Ge, Gt, Interval, Le, Len, Lt, MaxLen, MinLen, MultipleOf
+
+payload = "sample.json"
+mode: Literal["fast", "slow"] = "fast"  # how hard to try
+level: t.Literal[1, 2, 3] | None = None
+kind: Optional[typing.Literal["a", "b"]] = None
+bands: list[Literal["red", "nir"]] = ["red"]  # asset keys
+count: Annotated[int, Ge(0), at.Le(10)] = 3
+ratio: Annotated[float, Interval(gt=0, le=1)] = 0.5
+step: Annotated[float, MultipleOf(0.1)] = 0.3
+name: Annotated[str, Len(1, 5)] = "x"
+keys: Annotated[list[Annotated[int, Gt(-1)]], MinLen(1), MaxLen(3)] = [1]
+window: Annotated[
+    int,
+    annotated_types.Lt(100),
+] = 10  # a multi-line annotation keeps its help
+"""
+
+
+@pytest.fixture
+def constrained() -> ParameterSchema:
+    return ParameterSchema.from_source(CONSTRAINED)
+
+
+def test_the_constrained_cell_runs_as_plain_python() -> None:
+    # What Jupyter does with the cell: real imports, no NameError, the values as written.
+    namespace: dict[str, object] = {"annotated_types": __import__("annotated_types")}
+    exec(CONSTRAINED, namespace)
+    assert (namespace["mode"], namespace["window"], namespace["keys"]) == ("fast", 10, [1])
+
+
+def test_constraints_land_in_the_json_schema(constrained: ParameterSchema) -> None:
+    props = constrained.json_schema()["properties"]
+    assert props["mode"] == {
+        "type": "string",
+        "enum": ["fast", "slow"],
+        "default": "fast",
+        "description": "how hard to try",
+    }
+    assert props["level"]["type"] == ["integer", "null"]
+    assert props["level"]["enum"] == [1, 2, 3, None]  # Optional: null is allowed too
+    assert props["kind"]["enum"] == ["a", "b", None]
+    assert props["bands"]["items"] == {"type": "string", "enum": ["red", "nir"]}
+    assert "enum" not in props["bands"]
+    assert (props["count"]["minimum"], props["count"]["maximum"]) == (0, 10)
+    assert (props["ratio"]["exclusiveMinimum"], props["ratio"]["maximum"]) == (0, 1)
+    assert props["step"]["multipleOf"] == 0.1
+    assert (props["name"]["minLength"], props["name"]["maxLength"]) == (1, 5)
+    assert (props["keys"]["minItems"], props["keys"]["maxItems"]) == (1, 3)
+    assert props["keys"]["items"] == {"type": "integer", "exclusiveMinimum": -1}
+    assert props["window"] == {
+        "type": "integer",
+        "exclusiveMaximum": 100,
+        "default": 10,
+        "description": "a multi-line annotation keeps its help",
+    }
+    assert constrained.get("count").rules_label == ">= 0, <= 10"  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"mode": "medium"}, "parameter 'mode' must be one of ['fast', 'slow'], got 'medium'"),
+        ({"level": 4}, "parameter 'level' must be one of [1, 2, 3, None], got 4"),
+        ({"kind": "c"}, "parameter 'kind' must be one of ['a', 'b', None], got 'c'"),
+        (
+            {"bands": ["red", "blue"]},
+            "parameter 'bands'[1] must be one of ['red', 'nir'], got 'blue'",
+        ),
+        ({"count": -1}, "parameter 'count' must be >= 0, got -1"),
+        ({"count": 11}, "parameter 'count' must be <= 10, got 11"),
+        ({"ratio": 0}, "parameter 'ratio' must be > 0, got 0.0"),
+        ({"ratio": 1.5}, "parameter 'ratio' must be <= 1, got 1.5"),
+        ({"step": 0.35}, "parameter 'step' must be a multiple of 0.1, got 0.35"),
+        ({"name": ""}, "parameter 'name' must be at least 1 character(s) long, got '' (length 0)"),
+        (
+            {"name": "abcdef"},
+            "parameter 'name' must be at most 5 character(s) long, got 'abcdef' (length 6)",
+        ),
+        ({"keys": []}, "parameter 'keys' must have at least 1 item(s), got [] (length 0)"),
+        (
+            {"keys": [1, 2, 3, 4]},
+            "parameter 'keys' must have at most 3 item(s), got [1, 2, 3, 4] (length 4)",
+        ),
+        ({"keys": [0, -1]}, "parameter 'keys'[1] must be > -1, got -1"),
+        ({"window": 100}, "parameter 'window' must be < 100, got 100"),
+        ({"mode": 5}, "parameter 'mode' must be string, got int 5"),  # the type comes first
+    ],
+)
+def test_a_violation_is_invalid_input_naming_parameter_rule_and_value(
+    constrained: ParameterSchema, values: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InvalidInput) as raised:
+        constrained.resolve(values)
+    assert str(raised.value) == message
+
+
+def test_values_within_the_constraints_pass(constrained: ParameterSchema) -> None:
+    resolved = constrained.resolve(
+        {"mode": "slow", "level": None, "count": 10, "ratio": 1, "step": 0.7, "keys": [0, 5]},
+        {},
+        {"name": "abcde", "bands": '["nir", "red"]', "kind": "b"},
+    )
+    assert resolved == {
+        "mode": "slow",
+        "level": None,
+        "kind": "b",
+        "bands": ["nir", "red"],
+        "count": 10,
+        "ratio": 1.0,
+        "step": 0.7,
+        "name": "abcde",
+        "keys": [0, 5],
+    }
+    # -p strings are parsed by the type first, then checked: a string Literal takes the text.
+    with pytest.raises(InvalidInput, match=r"^parameter 'mode' must be one of"):
+        constrained.resolve({}, {}, {"mode": "Fast"})
+
+
+def test_literal_values_compare_as_json_does() -> None:
+    schema = ParameterSchema.from_source(
+        "n: Literal[1, 2.5] = 1\nflag: Literal[True] = True\nmixed: Literal['a', 0, None] = 'a'"
+    )
+    n, flag, mixed = schema.parameters
+    assert n.types == ("number",) and n.check(1) == 1.0 and n.check(2.5) == 2.5
+    assert n.json_schema()["enum"] == [1, 2.5]
+    with pytest.raises(InvalidInput, match="must be number, got bool True"):
+        n.check(True)  # True is not 1 in JSON
+    with pytest.raises(InvalidInput, match="must be boolean, got int 1"):
+        flag.check(1)
+    assert mixed.types == ("string", "integer", "null")
+    assert [mixed.check(v) for v in ("a", 0, None)] == ["a", 0, None]
+    with pytest.raises(InvalidInput, match=r"must be string \| integer \| null, got bool False"):
+        mixed.check(False)
+    # A union with a member that is not a Literal has no enum: False is a bool.
+    [either] = ParameterSchema.from_source("m: Literal['a', 0] | bool = 'a'").parameters
+    assert "enum" not in either.rules and either.check(False) is False
+
+
+def test_nested_and_string_annotations() -> None:
+    schema = ParameterSchema.from_source(
+        "a: Annotated[Annotated[int, Ge(0)], Ge(5), Le(9)] = 6\n"
+        "b: 'Annotated[str, MinLen(2)] | None' = None\n"
+        "c: Literal[Literal['x', 'y'], 'z'] = 'z'\n"
+        "d: Annotated[int, MultipleOf(2), MultipleOf(4)] = 8\n"
+        "e: tuple[Literal['a'], Annotated[int, Ge(0)]] = ('a', 1)\n"
+        "f: Annotated[int, Field(ge=1, le=3, description='doc')] = 2\n"
+        "g: Annotated[Optional[int], Interval(ge=None, lt=3)] = None\n"
+    )
+    rules = {p.name: p.rules for p in schema.parameters}
+    assert rules["a"] == {"minimum": 5, "maximum": 9}  # the stricter bound wins
+    assert rules["b"] == {"minLength": 2}  # None passes: the bound is a string's
+    assert schema.get("b").check(None) is None  # type: ignore[union-attr]
+    assert rules["c"] == {"enum": ["x", "y", "z"]}
+    assert rules["d"] == {"multipleOf": 4}
+    assert schema.get("e").item_rules == {"minimum": 0}  # type: ignore[union-attr]
+    assert rules["f"] == {"minimum": 1, "maximum": 3}
+    assert rules["g"] == {"exclusiveMaximum": 3}
+
+
+def test_a_union_never_refuses_what_one_of_its_members_accepts() -> None:
+    schema = ParameterSchema.from_source(
+        "a: Annotated[int, Ge(0)] | float = 1\n"
+        "b: Annotated[int, Ge(0)] | Annotated[float, Ge(5)] = 1\n"
+        "c: Literal['x'] | int = 1\n"
+        "d: Annotated[str, MinLen(1)] | list[str] = 'x'\n"
+    )
+    a, b, c, d = schema.parameters
+    assert a.rules == {} and a.check(-1.5) == -1.5
+    assert b.rules == {"minimum": 0}
+    assert c.rules == {} and c.check(7) == 7
+    assert d.rules == {"minLength": 1} and d.check([]) == []  # a list has no minLength
+    with pytest.raises(InvalidInput, match="at least 1 character"):
+        d.check("")
+
+
+def test_unknown_metadata_is_kept_and_not_checked() -> None:
+    schema = ParameterSchema.from_source(
+        "x: Annotated[int, 'doc', at.Predicate(str.isdigit), Field(pattern='^a'), Doc('d')] = 1"
+    )
+    [x] = schema.parameters
+    assert x.unknown == ("'doc'", "at.Predicate(str.isdigit)", "Field(pattern=...)")
+    assert x.rules == {} and x.check(-5) == -5
+
+
+@pytest.mark.parametrize(
+    ("annotation", "message"),
+    [
+        ("Annotated[int, Ge(LIMIT)]", "Ge(LIMIT): LIMIT is not a literal; nb2task reads"),
+        ("Annotated[int, Ge(2**10)]", "2 ** 10 is not a literal"),
+        ("Annotated[int, Ge('a')]", "Ge('a'): ge must be a number, got 'a'"),
+        ("Annotated[int, Ge(True)]", "ge must be a number, got True"),
+        ("Annotated[int, Ge()]", "Ge() takes one argument, got none"),
+        ("Annotated[int, Ge(1, 2)]", "Ge() takes 1 positional argument(s), got 2"),
+        ("Annotated[int, Ge(x=1)]", "Ge() takes no argument 'x'"),
+        ("Annotated[int, Ge(*bounds)]", "write its arguments out"),
+        ("Annotated[str, Len(1, 2, 3)]", "Len() takes 2 positional argument(s), got 3"),
+        ("Annotated[str, Len(1, min_length=2)]", "min_length is given twice"),
+        ("Annotated[str, Len(5, 2)]", "no value satisfies minLength 5 and maxLength 2"),
+        ("Annotated[str, MinLen(-1)]", "min_length must be an integer >= 0, got -1"),
+        ("Annotated[str, MaxLen(1.5)]", "max_length must be an integer >= 0, got 1.5"),
+        ("Annotated[str, Ge(0)]", "Ge(0) bounds numbers, and the parameter is string"),
+        ("Annotated[int, MinLen(1)]", "MinLen(1) bounds a length"),
+        ("Annotated[float, Ge(1e999)]", "ge must be a finite number"),
+        ("Annotated[int, MultipleOf(0)]", "multiple_of must be > 0"),
+        ("Annotated[int, MultipleOf(2), MultipleOf(3)]", "a second, different multipleOf"),
+        ("Annotated[int, Ge(0), Lt(0)]", "no value satisfies minimum 0 and exclusiveMaximum 0"),
+        ("Annotated[int, Interval(0)]", "Interval() takes keywords only"),
+        ("Annotated[int, Field(1)]", "Field() takes keywords only"),
+        ("Annotated[int, Field(ge=LIMIT)]", "LIMIT is not a literal"),
+        ("Literal[Color.RED]", "Color.RED is not a literal"),
+        ("Literal[b'x']", "is of type bytes: Literal values must be"),
+        ("Literal[()]", "Literal[] names no value"),
+        ("list[Literal[x]]", "x is not a literal"),
+    ],
+)
+def test_a_constraint_nb2task_cannot_read_is_a_notebook_error(
+    annotation: str, message: str
+) -> None:
+    with pytest.raises(NotebookError) as raised:
+        ParameterSchema.from_source(f"payload = 'x'\n\nlimit: {annotation} = 1  # help")
+    text = str(raised.value)
+    assert text.startswith("parameters cell, line 3: parameter 'limit': "), text
+    assert message in text
+    assert "\n" not in text and len(text) < 300
+
+
+def test_a_huge_literal_is_read_checked_and_shown_shortly() -> None:
+    import time
+
+    values = ", ".join(f'"v{i}"' for i in range(50_000))
+    started = time.monotonic()
+    [p] = ParameterSchema.from_source(f"tile: list[Literal[{values}]] = ['v1']").parameters
+    assert len(p.item_rules["enum"]) == 50_000
+    assert p.check([f"v{i}" for i in range(0, 50_000, 2)])[-1] == "v49998"
+    assert time.monotonic() - started < 20  # one lookup an element, not a scan
+    with pytest.raises(InvalidInput) as raised:
+        p.check(["v1", "w" * 10_000])
+    message = str(raised.value)
+    assert message.startswith("parameter 'tile'[1] must be one of ['v0', 'v1', ")
+    assert "... (50000 values)], got 'wwww" in message and len(message) < 250
+
+
+def test_a_default_that_breaks_its_constraint_is_reported_not_refused() -> None:
+    # As with a mistyped default, the cell still loads (lint reports it as an error).
+    schema = ParameterSchema.from_source(
+        "a: Annotated[int, Ge(0)] = -1\nb: Literal['x'] = 'y'\nc: Literal['x'] = None\n"
+        "d: Annotated[int, Ge(0)] = 1\ne: Annotated[int, Ge(0)] = int('3')\nf: Literal['x']\n"
+    )
+    problems = {p.name: p.default_violation() for p in schema.parameters}
+    assert problems == {
+        "a": "parameter 'a' must be >= 0, got -1",
+        "b": "parameter 'b' must be one of ['x'], got 'y'",
+        "c": None,  # None is another type: the notebook's business, as before
+        "d": None,
+        "e": None,  # computed
+        "f": None,  # required
+    }
+
+
+def test_inspect_prints_the_constraints_and_run_checks_them_before_anything(
+    tmp_path: Path,
+) -> None:
+    nb = write_notebook(
+        tmp_path / "pick.ipynb",
+        "from typing import Annotated, Literal\nfrom annotated_types import Ge\n"
+        'payload = "x.json"\nband: Literal["red", "nir"] = "red"  # the band\n'
+        "scale: Annotated[int, Ge(1)] = 1",
+        "from pathlib import Path\nPath('ran').write_text('a cell ran')",
+        "import nb2task\nnb2task.emit(nb2task.read_items(payload))",
+        metadata={"download_assets": ["data"]},
+    )
+    shown = run_cli("inspect", nb, "--json")
+    assert shown.returncode == 0, shown.stderr
+    props = json.loads(shown.stdout)["properties"]
+    assert props["band"] == {
+        "type": "string",
+        "enum": ["red", "nir"],
+        "default": "red",
+        "description": "the band",
+    }
+    assert props["scale"] == {"type": "integer", "minimum": 1, "default": 1}
+
+    # The asset cannot be downloaded, and the first cell would leave a file: neither
+    # happens, the parameter is refused first (from the payload, and from -p).
+    item = sample_item()
+    item["assets"] = {"data": {"href": str(tmp_path / "missing.tif")}}
+    payload = tmp_path / "in.json"
+    payload.write_text(json.dumps(make_payload({"pick": {"band": "blue"}}, features=[item])))
+    for extra, message in (
+        ((), "parameter 'band' must be one of ['red', 'nir'], got 'blue'"),
+        (("-p", "band", "red", "-p", "scale", "0"), "parameter 'scale' must be >= 1, got 0"),
+    ):
+        result = run_cli("run", nb, payload, "--workdir", tmp_path / "work", *extra, cwd=tmp_path)
+        assert result.returncode == 3, result.stderr
+        assert result.last_stderr_line == f"stactask.exceptions.InvalidInput: {message}"
+        assert not (tmp_path / "ran").exists()
+        assert not (tmp_path / "work" / "input-assets").exists()
