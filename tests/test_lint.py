@@ -1,5 +1,6 @@
 """``nb2task lint``: each check finds its problem where it is, a clean notebook has none,
-and ``--strict`` turns warnings into a failing exit for CI."""
+and ``--strict`` turns warnings into a failing exit for CI. The import check uses this
+venv's installed distributions, as lint does where a developer runs it."""
 
 from __future__ import annotations
 
@@ -90,3 +91,128 @@ def test_strict_fails_on_warnings() -> None:
     )
     # Without --strict, warnings pass.
     assert verdict("ndvi.ipynb", lint(ndvi), strict=False) is None
+
+
+def test_parameters_cell_constraints(tmp_path: Path) -> None:
+    nb = write_notebook(
+        tmp_path / "params.ipynb",
+        "from typing import Annotated, Literal\n"
+        "from annotated_types import Ge, Predicate\n"
+        'payload = "x.json"\n'
+        "count: int  # required\n"
+        'mode: Literal["a", "b"]\n'
+        'kind: Literal["x", "y"] = "z"\n'
+        "limit: Annotated[int, Ge(0), Predicate(str.isdigit), 'a note'] = -1\n"
+        "later: int\n"
+        "later = 3  # the last declaration wins: not required\n"
+        "payload: str",
+        "import nb2task\nnb2task.emit([])",
+    )
+    assert found(nb) == [
+        ("required-without-default", WARNING, 1, 4),
+        ("required-without-default", WARNING, 1, 5),
+        ("default-violates-constraint", ERROR, 1, 6),
+        ("unknown-constraint", WARNING, 1, 7),
+        ("unknown-constraint", WARNING, 1, 7),
+        ("default-violates-constraint", ERROR, 1, 7),
+    ]
+    messages = [f.message for f in lint(nb)]
+    assert messages[0].startswith("`count: int` has no value: in plain Jupyter the notebook ")
+    assert "(`count: int = 0`)" in messages[0] and "payload still overrides it" in messages[0]
+    assert "(`mode: Literal['a', 'b'] = 'a'`)" in messages[1]
+    assert messages[2] == (
+        "the default breaks the parameter's own constraint: "
+        "parameter 'kind' must be one of ['x', 'y'], got 'z'"
+    )
+    assert messages[3].startswith("parameter 'limit': Predicate(str.isdigit) in Annotated[...] ")
+    assert "'a note' in Annotated" in messages[4]
+    assert messages[5].endswith("parameter 'limit' must be >= 0, got -1")
+
+
+def test_a_constraint_that_cannot_be_read_is_an_error(tmp_path: Path) -> None:
+    nb = write_notebook(
+        tmp_path / "bad.ipynb",
+        'payload = "x.json"\nLIMIT = 3\nn: Annotated[int, Ge(LIMIT)] = 1',
+        "import nb2task\nnb2task.emit([])",
+    )
+    [finding] = lint(nb)
+    assert (finding.code, finding.severity) == ("bad-constraint", ERROR)
+    assert finding.message.startswith(
+        "parameters cell, line 3: parameter 'n': Ge(LIMIT): LIMIT is not a literal"
+    )
+    result = run_cli("lint", nb)
+    assert result.returncode == 1
+    assert "error [bad-constraint]: parameters cell, line 3" in result.stdout
+
+
+def imports_found(path: Path) -> list[tuple[str, int | None, int | None]]:
+    return [
+        (f.message.split(":")[0], f.cell, f.line)
+        for f in lint(path)
+        if f.code == "import-not-in-requirements"
+    ]
+
+
+def test_imports_not_covered_by_the_requirements(tmp_path: Path) -> None:
+    (tmp_path / "helpers.py").write_text("VALUE = 1\n")
+    covered = (
+        "import os, sys, json\nfrom typing import Annotated\nimport pystac, stactask.exceptions\n"
+        "import yaml, annotated_types, boto3\nimport helpers\nfrom . import sibling\n"
+        "from nb2task import emit"
+    )
+    optional = (
+        "try:\n    import orjson\nexcept ImportError:\n    orjson = None\n"
+        "def later():\n    import pandas\n"
+        "from typing import TYPE_CHECKING\nif TYPE_CHECKING:\n    import xarray"
+    )
+    uncovered = (
+        "import numpy as np\nimport matplotlib.pyplot as plt\nfrom sklearn import cluster\n"
+        "import debugpy\nif True:\n    import not_a_module_anywhere\nimport numpy"
+    )
+    nb = write_notebook(
+        tmp_path / "imports.ipynb",
+        'payload = "x.json"',
+        covered,
+        optional,
+        ("import geopandas", ["nb2task-skip"]),
+        uncovered,
+        "import nb2task\nnb2task.emit([])",
+    )
+    assert imports_found(nb) == [
+        ("import numpy", 5, 1),  # once, where it is first imported
+        ("import matplotlib.pyplot", 5, 2),
+        ("import sklearn", 5, 3),
+        ("import debugpy", 5, 4),  # nb2task requires it, but its image removes it
+        ("import not_a_module_anywhere", 5, 6),
+    ]
+    messages = {f.message.split(":")[0]: f.message for f in lint(nb)}
+    sklearn = messages["import sklearn"]
+    assert "'sklearn' comes from scikit-learn (installed here: scikit-learn==" in sklearn
+    assert sklearn.endswith("add it to metadata nb2task.requirements")
+    assert (
+        "no distribution installed here provides 'not_a_module_anywhere'"
+        in messages["import not_a_module_anywhere"]
+    )
+
+
+def test_requirements_cover_imports_with_what_they_require(tmp_path: Path) -> None:
+    cells = ("import rasterio\nimport numpy\nimport cv2\nimport mylib", "import nb2task")
+    nb = write_notebook(
+        tmp_path / "covered.ipynb",
+        'payload = "x.json"',
+        *cells,
+        # rasterio requires numpy; cv2 is not installed here but opencv-python provides it.
+        metadata={"requirements": ["rasterio==1.4.3", "opencv-python==4.10.0.84", "mylib==1"]},
+    )
+    assert imports_found(nb) == []
+    # A requirements.txt beside the notebook counts when the metadata has none.
+    other = tmp_path / "beside"
+    nb = write_notebook(other / "task.ipynb", 'payload = "x.json"', *cells)
+    assert [m for m, *_ in imports_found(nb)] == [
+        "import rasterio",
+        "import numpy",
+        "import cv2",
+        "import mylib",
+    ]
+    (other / "requirements.txt").write_text("rasterio==1.4.3\nopencv-python==4\nmylib==1\n")
+    assert imports_found(nb) == []
