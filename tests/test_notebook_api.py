@@ -502,3 +502,18 @@ def test_upload_options_follow_the_collection_stactask_uses(
     assert notebook_keys == original_keys
     assert output["features"][0]["collection"] == original["features"][0]["collection"]
     assert output["features"][0]["collection"] == "assigned"
+
+
+def test_emit_never_fetches_even_a_plain_pystac_items_root(
+    root_server: CountingServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import pystac
+
+    feature = sample_item()
+    feature["links"] = [
+        {"rel": "root", "href": f"{root_server.url}/catalog.json"},
+        {"rel": "collection", "href": f"{root_server.url}/collection.json"},
+    ]
+    nb2task.emit([pystac.Item.from_dict(copy.deepcopy(feature)), feature])
+    assert "emitting 2 item(s)" in capsys.readouterr().out
+    assert root_server.requests == []
