@@ -141,6 +141,12 @@ class Outcome:
     error: str = ""  # dotted name, as Cirrus' post-batch step reads it
     message: str = ""
 
+    def summary(self) -> str:
+        """One line: the state, and the error or the ids of the output items."""
+        if self.payload is None:
+            return f"{self.state} {self.error}: {self.message}"
+        return f"{self.state} {[f.get('id') for f in self.payload.get('features', [])]}"
+
 
 def outcome(payload: dict[str, Any] | None, err: BaseException | None) -> Outcome:
     from nb2task.errors import NotebookCellError, error_name
@@ -175,7 +181,7 @@ def compare(original: Outcome, port: Outcome, names: tuple[str, str] | None = No
     """Raise Divergence unless both ended the same way: equal output payloads (dicts, so up
     to key order), or the same state, error name and message."""
     if original.state != port.state:
-        raise Divergence(f"stactask: {original}\nnb2task:  {port}")
+        raise Divergence(f"stactask: {original.summary()}\nnb2task:  {port.summary()}")
     if original.state == "SUCCEEDED":
         if original.payload != port.payload:
             raise Divergence(
@@ -200,6 +206,17 @@ def test_port_ends_as_the_original(task: str, fixture: str, tmp_path: Path) -> N
     original = run_original(task, payload, tmp_path / "stactask", upload=False)
     port = run_port(task, payload, tmp_path / "nb2task")
     compare(original, port, PORT_ERROR_NAMES.get((task, fixture)))
+
+
+@pytest.mark.usefixtures("engine")
+def test_no_validate_skips_the_validate_step_in_both(tmp_path: Path) -> None:
+    """stactask's ``validate=False`` (``--no-validate``) and nb2task's skip the same step."""
+    payload = stactask_payload()
+    original = run_original("failvalidation-task", payload, tmp_path / "a", validate=False)
+    notebook = PARITY / "failvalidation-task" / "failvalidation-task.ipynb"
+    port = outcome(*run_task(notebook, copy.deepcopy(payload), tmp_path / "b", validate=False))
+    assert original.state == "SUCCEEDED"
+    compare(original, port)
 
 
 # What the cases above rest on, checked so that a parity pass cannot be two runs agreeing

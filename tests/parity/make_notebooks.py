@@ -52,14 +52,16 @@ PORTS: dict[str, tuple[dict[str, Any], str, list[tuple[str, list[str]]]]] = {
                 ["parameters"],
             ),
             (
-                "import nb2task\n"
                 "from stactask.exceptions import FailedValidation\n\n"
+                "import nb2task\n\n"
                 "# def validate(self): if self._payload: raise FailedValidation(...)\n"
                 "if nb2task.read_payload(payload).to_dict():\n"
                 '    raise FailedValidation("Extra context about what went wrong")',
                 ["nb2task-validate"],
             ),
             (
+                # Its own import: --no-validate leaves the validate cell out.
+                "import nb2task\n\n"
                 "# return self.items_as_dicts\n"
                 "nb2task.emit(nb2task.read_items(payload, as_dicts=True))",
                 [],
@@ -79,8 +81,8 @@ PORTS: dict[str, tuple[dict[str, Any], str, list[tuple[str, list[str]]]]] = {
                 ["parameters"],
             ),
             (
-                "import nb2task\n"
                 "from stactask import Task\n\n"
+                "import nb2task\n\n"
                 "# assert kwargs['parameter'] == 'value'\n"
                 'assert parameter == "value"',
                 [],
