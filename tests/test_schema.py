@@ -350,6 +350,7 @@ def test_nested_and_string_annotations() -> None:
         "e: tuple[Literal['a'], Annotated[int, Ge(0)]] = ('a', 1)\n"
         "f: Annotated[int, Field(ge=1, le=3, description='doc')] = 2\n"
         "g: Annotated[Optional[int], Interval(ge=None, lt=3)] = None\n"
+        "h: typing.Annotated[int, annotated_types.Ge(1), at.MultipleOf(2)] = 2\n"
     )
     rules = {p.name: p.rules for p in schema.parameters}
     assert rules["a"] == {"minimum": 5, "maximum": 9}  # the stricter bound wins
@@ -360,6 +361,7 @@ def test_nested_and_string_annotations() -> None:
     assert schema.get("e").item_rules == {"minimum": 0}  # type: ignore[union-attr]
     assert rules["f"] == {"minimum": 1, "maximum": 3}
     assert rules["g"] == {"exclusiveMaximum": 3}
+    assert rules["h"] == {"minimum": 1, "multipleOf": 2}
 
 
 def test_a_union_never_refuses_what_one_of_its_members_accepts() -> None:
