@@ -98,21 +98,27 @@ def test_http_urls_when_s3_urls_is_false(s3: Any, bucket: str, writer: Path, wri
 
 
 def test_per_collection_upload_options(s3: Any, bucket: str, writer: Path, write_json) -> None:
+    """As in stactask, an item's upload options are those of the collection it has when
+    the task uploads (the input's, here), not the one collection_matchers assign after;
+    tests/test_notebook_api.py checks the rule against a stactask Task."""
     s3.create_bucket(Bucket=f"{bucket}-special")
+    s2, landsat = sample_item("s2-x"), sample_item("ls-y")
+    s2["collection"], landsat["collection"] = "s2-in", "ls-in"
     payload = make_payload(
-        features=[sample_item("s2-x"), sample_item("ls-y")],
+        features=[s2, landsat],
         upload_options={"path_template": f"s3://{bucket}/${{collection}}/${{id}}", "s3_urls": True},
         collection_matchers=[
             {"type": "jsonpath", "pattern": "$[?(@.id =~ 's2-.*')]", "collection_name": "s2"},
             {"type": "catch_all", "collection_name": "other"},
         ],
         collection_options={
-            "s2": {
+            "s2-in": {
                 "upload_options": {
                     "path_template": f"s3://{bucket}-special/cogs/${{collection}}/${{id}}",
                     "s3_urls": True,
                 }
-            }
+            },
+            "s2": {"upload_options": {"path_template": f"s3://{bucket}/not-this/${{id}}"}},
         },
     )
     result = run_cli("run", writer, write_json("in.json", payload))
@@ -120,9 +126,9 @@ def test_per_collection_upload_options(s3: Any, bucket: str, writer: Path, write
     out = {f["id"]: f for f in json.loads(result.stdout)["features"]}
     assert out["s2-x"]["collection"] == "s2" and out["ls-y"]["collection"] == "other"
     assert out["s2-x"]["assets"]["result"]["href"] == (
-        f"s3://{bucket}-special/cogs/s2/s2-x/s2-x-result.txt"
+        f"s3://{bucket}-special/cogs/s2-in/s2-x/s2-x-result.txt"
     )
-    assert out["ls-y"]["assets"]["result"]["href"] == f"s3://{bucket}/other/ls-y/ls-y-result.txt"
+    assert out["ls-y"]["assets"]["result"]["href"] == f"s3://{bucket}/ls-in/ls-y/ls-y-result.txt"
 
 
 def test_run_record_uploaded_and_linked_on_success(s3: Any, bucket: str, writer: Path, write_json):
@@ -167,13 +173,12 @@ def test_run_record_uploaded_on_failure(s3: Any, bucket: str, tmp_path: Path, wr
 
 def test_partial_upload_is_undone(s3: Any, bucket: str, writer: Path, write_json) -> None:
     """The second item's upload fails (no such bucket): the first item's file is deleted."""
+    first, second = sample_item("first"), sample_item("second")
+    second["collection"] = "lost"
     payload = make_payload(
-        features=[sample_item("first"), sample_item("second")],
+        features=[first, second],
         upload_options={"path_template": f"s3://{bucket}/out/${{id}}"},
-        collection_matchers=[
-            {"type": "jsonpath", "pattern": "$[?(@.id == 'second')]", "collection_name": "lost"},
-            {"type": "catch_all", "collection_name": "kept"},
-        ],
+        collection_matchers=[{"type": "catch_all", "collection_name": "kept"}],
         collection_options={
             "lost": {"upload_options": {"path_template": "s3://no-such-bucket-here/${id}"}}
         },

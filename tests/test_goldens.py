@@ -1,6 +1,7 @@
 """Golden fixtures (``nb2task test`` and the pytest plugin): what is compared, what a
-difference reads like, each way a case can fail, ``--update``, per-case parameters, and
-cirrus-task-example's own fixtures (tests/fixtures/cirrus-task-example), as they are."""
+difference reads like, each way a case can fail, ``--update``, per-case parameters, and a
+task repository laid out as cirrus-task-example lays one (tests/fixtures/task-repo-layout:
+payloads without features, a bare message in exception.txt)."""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from nb2task.goldens import (
 )
 from nb2task.scaffold import scaffold
 
-CIRRUS_TASK_EXAMPLE = FIXTURES / "cirrus-task-example"
+TASK_REPO = FIXTURES / "task-repo-layout"  # cirrus-task-example's layout, our own task
 
 
 def test_normalise_masks_volatile_keys_local_paths_and_the_record() -> None:
@@ -231,26 +232,25 @@ def test_the_pytest_plugin_collects_the_cases(tmp_path: Path) -> None:
     assert "DeprecationWarning" not in proc.stdout
 
 
-# --- cirrus-task-example's own fixtures, as they are -----------------------------------------
+# --- A task repository in cirrus-task-example's layout -----------------------------------------
 
 
 @pytest.fixture(scope="module")
 def port(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A copy of the notebook port of cirrus-task-example, beside that repository's
-    tests/fixtures/payloads/ (copied unchanged: NOTICE)."""
-    folder = tmp_path_factory.mktemp("cirrus") / "cirrus-task-example"
-    shutil.copytree(CIRRUS_TASK_EXAMPLE, folder, ignore=shutil.ignore_patterns("conftest.py"))
+    """A copy of the task repository: its notebook beside tests/fixtures/payloads/."""
+    folder = tmp_path_factory.mktemp("cirrus") / "task-repo-layout"
+    shutil.copytree(TASK_REPO, folder, ignore=shutil.ignore_patterns("conftest.py"))
     return folder
 
 
 @pytest.fixture(scope="module")
 def ported(port: Path):
-    with GoldenRunner(port / "cirrus-task-example.py") as runner:
+    with GoldenRunner(port / "task-repo-layout.py") as runner:
         yield runner
 
 
 def port_case(port: Path, name: str, exception_txt: str | None = None) -> Case:
-    """A copy of cirrus-task-example's failure case, its exception.txt as given."""
+    """A copy of the repository's failure case, its exception.txt as given."""
     folder = port / "tests/fixtures/payloads/failure" / name
     shutil.rmtree(folder, ignore_errors=True)
     shutil.copytree(port / "tests/fixtures/payloads/failure/payload1", folder)
@@ -261,18 +261,19 @@ def port_case(port: Path, name: str, exception_txt: str | None = None) -> Case:
     return Case(folder)
 
 
-def test_cirrus_task_example_fixtures_pass_as_they_are(port: Path, ported: GoldenRunner) -> None:
+def test_cirrus_task_example_layout_passes_as_it_is(port: Path, ported: GoldenRunner) -> None:
     notebook, cases = task_cases(port)
-    assert notebook == port / "cirrus-task-example.py"
+    assert notebook == port / "task-repo-layout.py"
     assert [case.name for case in cases] == ["success/payload1", "failure/payload1"]
     success, failure = cases
     assert not success.expects_failure and failure.expects_failure
     # What makes them cirrus-task-example's: payloads without features, a bare message.
     for case in cases:
         assert "features" not in json.loads((case.folder / "in.json").read_text())
-    assert (failure.folder / "exception.txt").read_text() == "invalid"
+    assert (failure.folder / "exception.txt").read_text() == "refused"
     # Its out.json is the whole output payload (process and features), compared as is.
-    assert set(json.loads((success.folder / "out.json").read_text())) == {"features", "process"}
+    out_json = json.loads((success.folder / "out.json").read_text())
+    assert set(out_json) == {"id", "features", "process"}
     for case in cases:
         outcome = ported.run(case)
         assert outcome.passed, (case.name, outcome.problems)
@@ -282,32 +283,32 @@ def test_an_anchored_message_passes_and_the_last_line_is_the_explicit_option(
     port: Path, ported: GoldenRunner
 ) -> None:
     # The message is the notebook's own (str(exception)), without nb2task's cell note.
-    assert ported.run(port_case(port, "anchored", "^invalid$\n")).passed
+    assert ported.run(port_case(port, "anchored", "^refused$\n")).passed
     last_line = (
         "# match: last-line\n"
-        '^Exception: invalid \\(notebook cell In \\[\\d+\\], line \\d+: raise Exception\\("invalid"\\)\\)$'
+        '^ValueError: refused \\(notebook cell In \\[\\d+\\], line \\d+: raise ValueError\\("refused"\\)\\)$'
     )
     assert ported.run(port_case(port, "last-line", last_line)).passed
     # The last line starts with the error's name: a message pattern does not match it.
-    outcome = ported.run(port_case(port, "not-the-line", "# match: last-line\n^invalid$"))
+    outcome = ported.run(port_case(port, "not-the-line", "# match: last-line\n^refused$"))
     assert outcome.problems[:2] == [
         "the run failed differently: exception.txt does not match the last error line",
-        "  expected (exception.txt): '^invalid$'",
+        "  expected (exception.txt): '^refused$'",
     ]
-    assert outcome.problems[2].startswith("  got (error line):         'Exception: invalid (")
+    assert outcome.problems[2].startswith("  got (error line):         'ValueError: refused (")
 
 
 def test_a_wrong_message_fails_with_a_readable_difference(port: Path, ported: GoldenRunner) -> None:
-    outcome = ported.run(port_case(port, "wrong", "^invalid payload$\n"))
+    outcome = ported.run(port_case(port, "wrong", "^refused payload$\n"))
     assert not outcome.passed
     assert outcome.problems[:4] == [
         "the run failed differently: exception.txt does not match the error's message",
-        "  expected (exception.txt): '^invalid payload$'",
-        "  got (message):            'invalid'",
+        "  expected (exception.txt): '^refused payload$'",
+        "  got (message):            'refused'",
         "  they part at character 8: expected ' payload', got ''",
     ]
     assert outcome.problems[4].startswith(
-        "  the error line: Exception: invalid (notebook cell In ["
+        "  the error line: ValueError: refused (notebook cell In ["
     )
 
 
@@ -315,20 +316,20 @@ def test_update_writes_the_message_form(port: Path, ported: GoldenRunner) -> Non
     case = port_case(port, "recorded")
     assert ported.run(case).problems == ["no exception.txt yet: `nb2task test --update` records it"]
     assert ported.run(case, update=True).updated
-    assert (case.folder / "exception.txt").read_text() == "^invalid$\n"
+    assert (case.folder / "exception.txt").read_text() == "^refused$\n"
     assert ported.run(case).passed
 
 
 def test_nb2task_test_and_pytest_find_cirrus_task_example_layout(tmp_path: Path) -> None:
-    task = tmp_path / "cirrus-task-example"
-    shutil.copytree(CIRRUS_TASK_EXAMPLE, task, ignore=shutil.ignore_patterns("conftest.py"))
+    task = tmp_path / "task-repo-layout"
+    shutil.copytree(TASK_REPO, task, ignore=shutil.ignore_patterns("conftest.py"))
     result = run_cli("test", task)
     assert result.returncode == 0, result.stdout + result.stderr
     assert f"2 case(s) in {task / 'tests/fixtures/payloads'}" in result.stdout
     assert "2 case(s) passed" in result.stdout
 
     out = task / "tests/fixtures/payloads/success/payload1/out.json"
-    out.write_text(out.read_text().replace('"value"', '"other"'))
+    out.write_text(out.read_text().replace('"GREETING"', '"other"'))
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
         cwd=task,
@@ -341,11 +342,11 @@ def test_nb2task_test_and_pytest_find_cirrus_task_example_layout(tmp_path: Path)
     assert "FAILED tests/fixtures/payloads/success/payload1/in.json::success/payload1" in (
         proc.stdout
     )
-    assert 'features[0].properties.example-property: expected "other", got "value"' in proc.stdout
+    assert 'features[0].properties.label: expected "other", got "GREETING"' in proc.stdout
 
     # A hand-written task's repository (no notebook beside tests/): its fixtures are left
     # to its own tests.
-    (task / "cirrus-task-example.py").unlink()
+    (task / "task-repo-layout.py").unlink()
     proc = subprocess.run(
         [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
         cwd=task,
