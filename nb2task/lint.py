@@ -22,6 +22,7 @@ from .notebook import (
     METADATA_KEY,
     SKIP_TAG,
     TASK_NAME,
+    VALIDATE_TAG,
     Notebook,
     normalise_task_name,
     parameters_cell,
@@ -83,7 +84,15 @@ def lint(path: str | Path) -> list[Finding]:
         return [*findings, Finding("bad-constraint", ERROR, str(err))]
     except NotebookError as err:
         return [*findings, Finding("unreadable", ERROR, str(err))]
-    for check in (_parameters, _constraints, _cells, _imports, _requirements, _kernel):
+    for check in (
+        _parameters,
+        _constraints,
+        _cells,
+        _validate_cells,
+        _imports,
+        _requirements,
+        _kernel,
+    ):
         findings.extend(check(notebook))
     return findings
 
@@ -310,6 +319,50 @@ def _cells(notebook: Notebook) -> Iterator[Finding]:
             WARNING,
             "no cell calls nb2task.emit: the output payload will have no features",
         )
+
+
+def _validate_cells(notebook: Notebook) -> Iterator[Finding]:
+    """Names a validate cell binds (imports, assignments) that later cells use: with
+    ``--no-validate`` the cell is left out, and those cells stop with a NameError."""
+    bound: dict[str, int] = {}  # name -> the validate cell that binds it
+    for number, cell in enumerate(notebook.node["cells"], 1):
+        tags = _tags(cell)
+        if cell.get("cell_type") != "code" or SKIP_TAG in tags:
+            continue
+        tree = _parse(str(cell.get("source", "")))
+        if tree is None:
+            continue
+        if VALIDATE_TAG in tags:
+            for name in _bound_names(tree):
+                bound.setdefault(name, number)
+            continue
+        for name in _bound_names(tree):
+            bound.pop(name, None)  # bound again here: this cell does not need the validate one
+        used = {n.id for n in ast.walk(tree) if isinstance(n, ast.Name)}
+        for name in sorted(used & set(bound)):
+            yield Finding(
+                "validate-cell-binds",
+                WARNING,
+                f"`{name}` is bound only in the validate cell {bound.pop(name)}, which "
+                "--no-validate leaves out: bind it in another cell (imports in a cell of "
+                "their own)",
+                number,
+            )
+
+
+def _bound_names(tree: ast.Module) -> set[str]:
+    """The names a cell's top-level statements bind."""
+    names: set[str] = set()
+    for node in tree.body:
+        if isinstance(node, ast.Import | ast.ImportFrom):
+            names.update((a.asname or a.name).split(".")[0] for a in node.names)
+        elif isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef | ast.ClassDef):
+            names.add(node.name)
+        else:
+            for sub in ast.walk(node):
+                if isinstance(sub, ast.Name) and isinstance(sub.ctx, ast.Store):
+                    names.add(sub.id)
+    return names
 
 
 def _called(node: ast.Call) -> str:

@@ -164,7 +164,7 @@ class NotebookTask(Task):
             self.logger.warning(
                 "ignoring unknown option(s) in process[0].tasks.%s: %s (the notebook declares: %s)",
                 self.name,
-                ", ".join(unknown),
+                ", ".join(map(repr, unknown)),  # names from the payload: quoted, one line
                 ", ".join(self.notebook.schema.names) or "none",
             )
         return {name: value for name, value in options.items() if name not in unknown}

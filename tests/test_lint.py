@@ -216,3 +216,32 @@ def test_requirements_cover_imports_with_what_they_require(tmp_path: Path) -> No
     ]
     (other / "requirements.txt").write_text("rasterio==1.4.3\nopencv-python==4\nmylib==1\n")
     assert imports_found(nb) == []
+
+
+def test_a_name_bound_only_in_a_validate_cell_is_a_warning(tmp_path: Path) -> None:
+    """--no-validate leaves the validate cells out: what they bind is gone for the rest."""
+    nb = write_notebook(
+        tmp_path / "v.ipynb",
+        'payload = "x.json"',
+        (
+            "import nb2task\nfrom stactask.exceptions import InvalidInput\nlimit = 3",
+            ["nb2task-validate"],
+        ),
+        "items = nb2task.read_items(payload)[:limit]",
+        "import nb2task\nnb2task.emit(items)",
+    )
+    found = [f for f in lint(nb) if f.code == "validate-cell-binds"]
+    assert [(f.cell, f.severity) for f in found] == [(3, WARNING), (3, WARNING)]
+    assert "`limit` is bound only in the validate cell 2" in found[0].message
+    assert "`nb2task`" in found[1].message
+    clean = write_notebook(
+        tmp_path / "clean.ipynb",
+        'payload = "x.json"',
+        "import nb2task",
+        (
+            "if not nb2task.read_items(payload):\n    raise ValueError('empty')",
+            ["nb2task-validate"],
+        ),
+        "nb2task.emit(nb2task.read_items(payload))",
+    )
+    assert not [f for f in lint(clean) if f.code == "validate-cell-binds"]
