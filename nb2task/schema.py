@@ -17,52 +17,32 @@ import ast
 import io
 import json
 import math
-import operator
 import tokenize
-from collections.abc import Iterable
 from dataclasses import dataclass, field
-from fractions import Fraction
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from .annotations import JSON_TYPES, ConstraintError, read_annotation
+from .constraints import Refused, copy_rules, enforce, enum_key, is_json_type, phrase, short
 from .errors import NotebookError, UsageError, invalid_input
 
-RESERVED = ("payload", "workdir")
+__all__ = [
+    "RESERVED",
+    "ConstraintError",
+    "Parameter",
+    "ParameterSchema",
+    "parameter_from_node",
+    "read_parameters_file",
+]
 
-# Python type name -> JSON Schema type name.
-_JSON_TYPES = {
-    "int": "integer",
-    "float": "number",
-    "str": "string",
-    "bool": "boolean",
-    "list": "array",
-    "tuple": "array",
-    "dict": "object",
-    "List": "array",
-    "Tuple": "array",
-    "Dict": "object",
-    "None": "null",
-    "NoneType": "null",
-}
+RESERVED = ("payload", "workdir")
 
 _MISSING = object()
 
 
 class Computed(str):
     """A default that is an expression (kept as its source text), not a literal."""
-
-
-class ConstraintError(NotebookError):
-    """A constraint in the parameters cell that nb2task cannot read (``line``: where)."""
-
-    def __init__(self, message: str, line: int | None = None) -> None:
-        super().__init__(message)
-        self.line = line
-
-
-class _Refused(Exception):
-    """A value a parameter refuses (InvalidInput once it leaves ``check``)."""
 
 
 @dataclass(frozen=True)
@@ -99,9 +79,9 @@ class Parameter:
     @property
     def rules_label(self) -> str:
         """The constraints in a few words (``one of ['a', 'b']``, ``>= 0, <= 10``), or ''."""
-        words = [_phrase(k, v) for k, v in self.rules.items()]
+        words = [phrase(k, v) for k, v in self.rules.items()]
         if self.item_rules:
-            words.append("each " + ", ".join(_phrase(k, v) for k, v in self.item_rules.items()))
+            words.append("each " + ", ".join(phrase(k, v) for k, v in self.item_rules.items()))
         return ", ".join(words)
 
     def json_schema(self) -> dict[str, Any]:
@@ -110,12 +90,12 @@ class Parameter:
             schema["type"] = self.types[0]
         elif self.types:
             schema["type"] = list(self.types)
-        schema.update(_copy_rules(self.rules))
+        schema.update(copy_rules(self.rules))
         if self.items or self.item_rules:
             items: dict[str, Any] = {}
             if self.items:
                 items["type"] = self.items[0] if len(self.items) == 1 else list(self.items)
-            schema["items"] = {**items, **_copy_rules(self.item_rules)}
+            schema["items"] = {**items, **copy_rules(self.item_rules)}
         if not self.required and not self.computed:
             schema["default"] = self.default
         if self.help:
@@ -137,7 +117,7 @@ class Parameter:
         try:
             value = self._typed(value)
             self._enforce(value)
-        except _Refused as refused:
+        except Refused as refused:
             raise invalid_input(str(refused)) from None
         return value
 
@@ -148,25 +128,25 @@ class Parameter:
             return None
         try:
             value = self._typed(self.default)
-        except _Refused:
+        except Refused:
             return None
         try:
             self._enforce(value)
-        except _Refused as refused:
+        except Refused as refused:
             return str(refused)
         return None
 
     def _typed(self, value: Any) -> Any:
         if isinstance(value, float) and not math.isfinite(value):
-            raise _Refused(
+            raise Refused(
                 f"parameter '{self.name}' must be a finite number, got {value!r} "
                 "(NaN and infinity are not JSON)"
             )
-        matched = next((t for t in self.types if _is_json_type(value, t)), None)
+        matched = next((t for t in self.types if is_json_type(value, t)), None)
         if self.types and matched is None:
-            raise _Refused(
+            raise Refused(
                 f"parameter '{self.name}' must be {self.type_label}, "
-                f"got {type(value).__name__} {_short(value)}"
+                f"got {type(value).__name__} {short(value)}"
             )
         if matched in (None, "array") and isinstance(value, list | tuple) and self.items:
             return [self._typed_element(i, element) for i, element in enumerate(value)]
@@ -174,145 +154,30 @@ class Parameter:
 
     def _typed_element(self, index: int, element: Any) -> Any:
         if isinstance(element, float) and not math.isfinite(element):
-            raise _Refused(f"parameter '{self.name}'[{index}] must be a finite number")
+            raise Refused(f"parameter '{self.name}'[{index}] must be a finite number")
         for json_type in self.items:
-            if _is_json_type(element, json_type):
+            if is_json_type(element, json_type):
                 return float(element) if json_type == "number" else element
-        raise _Refused(
+        raise Refused(
             f"parameter '{self.name}'[{index}] must be {' | '.join(self.items)}, "
-            f"got {type(element).__name__} {_short(element)}"
+            f"got {type(element).__name__} {short(element)}"
         )
 
     def _enforce(self, value: Any) -> None:
-        _enforce(f"parameter '{self.name}'", value, self.rules, self._enum_keys)
+        enforce(f"parameter '{self.name}'", value, self.rules, self._enum_keys)
         if self.item_rules and isinstance(value, list | tuple):
             keys = self._item_enum_keys
             for index, element in enumerate(value):
-                _enforce(f"parameter '{self.name}'[{index}]", element, self.item_rules, keys)
+                enforce(f"parameter '{self.name}'[{index}]", element, self.item_rules, keys)
 
     # Sets, so that a long Literal and a long list cost one lookup an element.
     @cached_property
     def _enum_keys(self) -> frozenset[tuple[Any, ...] | None]:
-        return frozenset(_enum_key(v) for v in self.rules.get("enum", ()))
+        return frozenset(enum_key(v) for v in self.rules.get("enum", ()))
 
     @cached_property
     def _item_enum_keys(self) -> frozenset[tuple[Any, ...] | None]:
-        return frozenset(_enum_key(v) for v in self.item_rules.get("enum", ()))
-
-
-# The validation keywords nb2task reads and checks: keyword -> (the JSON types it applies
-# to, as JSON Schema has it: other values pass; how a message says it).
-_NUMBERS = ("integer", "number")
-_KEYWORDS: dict[str, tuple[tuple[str, ...], str]] = {
-    "exclusiveMinimum": (_NUMBERS, "be > {}"),
-    "minimum": (_NUMBERS, "be >= {}"),
-    "exclusiveMaximum": (_NUMBERS, "be < {}"),
-    "maximum": (_NUMBERS, "be <= {}"),
-    "multipleOf": (_NUMBERS, "be a multiple of {}"),
-    "minLength": (("string",), "be at least {} character(s) long"),
-    "maxLength": (("string",), "be at most {} character(s) long"),
-    "minItems": (("array",), "have at least {} item(s)"),
-    "maxItems": (("array",), "have at most {} item(s)"),
-    "minProperties": (("object",), "have at least {} key(s)"),
-    "maxProperties": (("object",), "have at most {} key(s)"),
-}
-_LOWER = frozenset({"exclusiveMinimum", "minimum", "minLength", "minItems", "minProperties"})
-_LENGTHS = {"string": "Length", "array": "Items", "object": "Properties"}
-
-
-def _copy_rules(rules: dict[str, Any]) -> dict[str, Any]:
-    return {k: list(v) if k == "enum" else v for k, v in rules.items()}
-
-
-def _phrase(keyword: str, bound: Any) -> str:
-    if keyword == "enum":
-        return f"one of {_show_values(bound)}"
-    return _KEYWORDS[keyword][1].format(bound).removeprefix("be ").removeprefix("have ")
-
-
-def _enforce(label: str, value: Any, rules: dict[str, Any], keys: frozenset[Any]) -> None:
-    """Refuse ``value`` if it breaks a rule, naming ``label``, the rule and the value."""
-    if "enum" in rules and _enum_key(value) not in keys:
-        raise _Refused(f"{label} must be one of {_show_values(rules['enum'])}, got {_short(value)}")
-    for keyword, bound in rules.items():
-        if keyword == "enum":
-            continue
-        applies, phrase = _KEYWORDS[keyword]
-        if not any(_is_json_type(value, t) for t in applies) or _satisfies(keyword, value, bound):
-            continue
-        got = _short(value) if applies is _NUMBERS else f"{_short(value)} (length {len(value)})"
-        raise _Refused(f"{label} must {phrase.format(bound)}, got {got}")
-
-
-_BOUNDS = {
-    "exclusiveMinimum": operator.gt,
-    "minimum": operator.ge,
-    "exclusiveMaximum": operator.lt,
-    "maximum": operator.le,
-}
-
-
-def _satisfies(keyword: str, value: Any, bound: Any) -> bool:
-    if keyword == "multipleOf":
-        return _is_multiple(value, bound)
-    if keyword in _BOUNDS:
-        return bool(_BOUNDS[keyword](value, bound))
-    return bool(len(value) >= bound if keyword in _LOWER else len(value) <= bound)
-
-
-def _is_multiple(value: float, step: float) -> bool:
-    """Exactly, in decimal: 0.3 is a multiple of 0.1 (binary floats say it is not)."""
-    if isinstance(value, int) and isinstance(step, int):
-        return value % step == 0
-    return Fraction(repr(value)) % Fraction(repr(step)) == 0
-
-
-def _enum_key(value: Any) -> tuple[Any, ...] | None:
-    """A value as JSON compares it: ``1 == 1.0``, but ``True`` is not ``1``."""
-    if value is None:
-        return ("null",)
-    if isinstance(value, bool):
-        return ("boolean", value)
-    if isinstance(value, int | float):
-        return ("number", value)
-    if isinstance(value, str):
-        return ("string", value)
-    return None  # a list or a mapping: never one of a Literal's values
-
-
-def _show_values(values: list[Any]) -> str:
-    """A Literal's values for a one-line message: the first few, and how many there are."""
-    shown: list[str] = []
-    for value in values:
-        text = _short(value)
-        if shown and sum(len(s) + 2 for s in shown) + len(text) > 70:
-            return f"[{', '.join(shown)}, ... ({len(values)} values)]"
-        shown.append(text)
-    return f"[{', '.join(shown)}]"
-
-
-def _short(value: Any) -> str:
-    """A value for a one-line message: its repr, cut."""
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def _is_json_type(value: Any, json_type: str) -> bool:
-    if json_type == "boolean":
-        return isinstance(value, bool)
-    if json_type == "integer":
-        return isinstance(value, int) and not isinstance(value, bool)
-    if json_type == "number":
-        return isinstance(value, int | float) and not isinstance(value, bool)
-    if json_type == "string":
-        return isinstance(value, str)
-    if json_type == "array":
-        return isinstance(value, list | tuple)
-    if json_type == "object":
-        return isinstance(value, dict)
-    if json_type == "null":
-        return value is None
-    return True
+        return frozenset(enum_key(v) for v in self.item_rules.get("enum", ()))
 
 
 @dataclass(frozen=True)
@@ -468,7 +333,7 @@ def parameter_from_node(node: ast.stmt, comments: dict[int, str] | None = None) 
         return Parameter(name, types, default, help_text)
     try:
         try:
-            shape = _shape(annotation)
+            shape = read_annotation(annotation)
         except RecursionError:  # string annotations nested in strings, over and over
             raise ConstraintError("the annotation is nested too deeply to read") from None
     except ConstraintError as err:
@@ -487,291 +352,10 @@ def parameter_from_node(node: ast.stmt, comments: dict[int, str] | None = None) 
     )
 
 
-@dataclass(frozen=True)
-class _Shape:
-    """What an annotation says of a value: its JSON types, its elements', their rules."""
-
-    types: tuple[str, ...] = ()
-    items: tuple[str, ...] = ()
-    rules: dict[str, Any] = field(default_factory=dict)
-    item_rules: dict[str, Any] = field(default_factory=dict)
-    unknown: tuple[str, ...] = ()
-
-
-_SEQUENCES = ("list", "List", "tuple", "Tuple", "Sequence")
-
-
-def _shape(node: ast.expr) -> _Shape:
-    """Read an annotation (``float``, ``int | None``, ``Optional[str]``, ``list[str]``,
-    ``Literal["a", "b"]``, ``Annotated[int, Ge(0)]``) without evaluating anything."""
-    if isinstance(node, ast.Constant) and node.value is None:
-        return _Shape(("null",))
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        try:
-            return _shape(ast.parse(node.value, mode="eval").body)
-        except SyntaxError:
-            return _Shape()
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        return _union([_shape(node.left), _shape(node.right)])
-    if isinstance(node, ast.Subscript):
-        outer = _annotation_name(node.value)
-        args = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
-        if outer == "Optional":
-            return _union([_shape(node.slice), _Shape(("null",))])
-        if outer == "Union":
-            return _union([_shape(arg) for arg in args])
-        if outer == "Literal":
-            return _literal(args)
-        if outer == "Annotated" and args:
-            return _annotated(_shape(args[0]), args[1:])
-        base = _JSON_TYPES.get(outer)
-        if outer in _SEQUENCES:
-            elements = [a for a in args if not (isinstance(a, ast.Constant) and a.value is ...)]
-            element = _union([_shape(e) for e in elements]) if elements else _Shape()
-            return _Shape(
-                (base,) if base else (),
-                element.types,
-                item_rules=element.rules,
-                unknown=element.unknown,
-            )
-        return _Shape((base,) if base else ())
-    base = _JSON_TYPES.get(_annotation_name(node))
-    return _Shape((base,) if base else ())
-
-
-def _annotation_name(node: ast.expr) -> str:
-    if isinstance(node, ast.Name):
-        return node.id
-    if isinstance(node, ast.Attribute):
-        return node.attr
-    return ""
-
-
-def _union(shapes: list[_Shape]) -> _Shape:
-    """``A | B``: any type of either; a rule only where every member it applies to has it
-    (the loosest), so that a union never refuses what one of its members accepts."""
-    if len(shapes) == 1:
-        return shapes[0]
-    types = () if any(not s.types for s in shapes) else _unique(t for s in shapes for t in s.types)
-    listed = next((s for s in shapes if s.items or s.item_rules), _Shape())
-    rules: dict[str, Any] = {}
-    if any("enum" in s.rules for s in shapes) and all(
-        "enum" in s.rules or s.types == ("null",) for s in shapes
-    ):
-        rules["enum"] = _unique_values(v for s in shapes for v in s.rules.get("enum", [None]))
-    for keyword, (applies, _) in _KEYWORDS.items():
-        covering = [s for s in shapes if not s.types or set(s.types) & set(applies)]
-        bounds: list[Any] = [s.rules[keyword] for s in covering if keyword in s.rules]
-        if covering and len(bounds) == len(covering):
-            loosest = min(bounds) if keyword in _LOWER else max(bounds)
-            if keyword != "multipleOf" or len(set(bounds)) == 1:
-                rules[keyword] = loosest
-    return _Shape(
-        types,
-        listed.items,
-        rules,
-        listed.item_rules,
-        tuple(u for s in shapes for u in s.unknown),
-    )
-
-
-def _literal(args: list[ast.expr]) -> _Shape:
-    """``Literal[...]``: its values are the allowed ones; its types, theirs."""
-    values: list[Any] = []
-    for arg in args:
-        if isinstance(arg, ast.Subscript) and _annotation_name(arg.value) == "Literal":
-            values.extend(
-                _literal(arg.slice.elts if isinstance(arg.slice, ast.Tuple) else [arg.slice]).rules[
-                    "enum"
-                ]
-            )
-            continue
-        value = _literal_value(arg, "Literal[...]")
-        if not (value is None or isinstance(value, str | int | float)):
-            raise ConstraintError(
-                f"Literal[...] value {_source(arg)} is of type {type(value).__name__}: "
-                "Literal values must be strings, numbers, booleans or None (JSON's)"
-            )
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConstraintError(f"Literal[...] value {_source(arg)} is not a finite number")
-        values.append(value)
-    if not values:
-        raise ConstraintError("Literal[] names no value")
-    enum = _unique_values(values)
-    types = _unique(_JSON_TYPES[type(v).__name__] for v in enum)
-    if "integer" in types and "number" in types:
-        types = tuple(t for t in types if t != "integer")
-    return _Shape(types, rules={"enum": enum})
-
-
-# annotated-types' markers (and pydantic's Field) nb2task reads: name -> the arguments
-# each takes by position, then the ones taken by keyword only.
-_MARKERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "Gt": (("gt",), ()),
-    "Ge": (("ge",), ()),
-    "Lt": (("lt",), ()),
-    "Le": (("le",), ()),
-    "MultipleOf": (("multiple_of",), ()),
-    "MinLen": (("min_length",), ()),
-    "MaxLen": (("max_length",), ()),
-    "Len": (("min_length", "max_length"), ()),
-    "Interval": ((), ("gt", "ge", "lt", "le")),
-    "Field": ((), ("gt", "ge", "lt", "le", "multiple_of", "min_length", "max_length")),
-}
-_SINGLE = ("Gt", "Ge", "Lt", "Le", "MultipleOf", "MinLen", "MaxLen")  # one argument, needed
-_BOUND_KEYWORDS = {
-    "gt": "exclusiveMinimum",
-    "ge": "minimum",
-    "lt": "exclusiveMaximum",
-    "le": "maximum",
-    "multiple_of": "multipleOf",
-}
-# Metadata that documents and constrains nothing: accepted without a word.
-_DOCUMENTATION = ("Doc", "doc")
-_FIELD_DOCUMENTATION = ("description", "title", "examples", "json_schema_extra", "deprecated")
-
-
-def _annotated(base: _Shape, metadata: list[ast.expr]) -> _Shape:
-    """``Annotated[T, ...]``: ``T``'s shape, narrowed by each marker nb2task knows; the
-    rest is kept, as written, in ``unknown``."""
-    rules = dict(base.rules)
-    unknown = list(base.unknown)
-    for marker in metadata:
-        name = _annotation_name(marker.func) if isinstance(marker, ast.Call) else ""
-        if name in _DOCUMENTATION:
-            continue
-        if name not in _MARKERS or not isinstance(marker, ast.Call):
-            unknown.append(_source(marker))
-            continue
-        arguments, ignored = _marker_arguments(marker, name)
-        unknown.extend(ignored)
-        for argument, value in arguments.items():
-            for keyword, bound in _marker_keywords(marker, argument, value, base.types):
-                rules[keyword] = _tighter(keyword, rules.get(keyword), bound, marker)
-    _check_satisfiable(rules, metadata)
-    return _Shape(base.types, base.items, rules, base.item_rules, tuple(unknown))
-
-
-def _marker_arguments(call: ast.Call, name: str) -> tuple[dict[str, Any], list[str]]:
-    """A marker's arguments as literals, by name; and the ``Field`` keywords not read."""
-    positional, keyword_only = _MARKERS[name]
-    where = _source(call)
-    if any(isinstance(a, ast.Starred) for a in call.args) or any(
-        k.arg is None for k in call.keywords
-    ):
-        raise ConstraintError(f"{where}: write its arguments out (no * or **)")
-    if len(call.args) > len(positional):
-        takes = f"{len(positional)} positional argument(s)" if positional else "keywords only"
-        raise ConstraintError(f"{where}: {name}() takes {takes}, got {len(call.args)}")
-    values: dict[str, Any] = {}
-    ignored: list[str] = []
-    for argument, node in zip(positional, call.args, strict=False):
-        values[argument] = _literal_value(node, where)
-    for keyword in call.keywords:
-        assert keyword.arg is not None  # ** was refused above
-        if keyword.arg in values:
-            raise ConstraintError(f"{where}: {keyword.arg} is given twice")
-        if keyword.arg in positional + keyword_only:
-            values[keyword.arg] = _literal_value(keyword.value, where)
-        elif name == "Field" and keyword.arg in _FIELD_DOCUMENTATION:
-            continue
-        elif name == "Field":
-            ignored.append(f"Field({keyword.arg}=...)")
-        else:
-            raise ConstraintError(f"{where}: {name}() takes no argument {keyword.arg!r}")
-    if name in _SINGLE and not values:
-        raise ConstraintError(f"{where}: {name}() takes one argument, got none")
-    return values, ignored
-
-
-def _marker_keywords(
-    marker: ast.Call, argument: str, value: Any, types: tuple[str, ...]
-) -> list[tuple[str, Any]]:
-    """The JSON Schema keywords one marker argument makes, for a value of ``types``."""
-    where = _source(marker)
-    if value is None and _annotation_name(marker.func) in ("Interval", "Field", "Len"):
-        return []  # unset, as those markers take it
-    if argument in _BOUND_KEYWORDS:
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise ConstraintError(f"{where}: {argument} must be a number, got {_short(value)}")
-        if not math.isfinite(value):
-            raise ConstraintError(f"{where}: {argument} must be a finite number")
-        if argument == "multiple_of" and value <= 0:
-            raise ConstraintError(f"{where}: multiple_of must be > 0, got {value!r}")
-        if types and not set(types) & set(_NUMBERS):
-            raise ConstraintError(
-                f"{where} bounds numbers, and the parameter is {' | '.join(types)}"
-            )
-        return [(_BOUND_KEYWORDS[argument], value)]
-    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-        raise ConstraintError(f"{where}: {argument} must be an integer >= 0, got {_short(value)}")
-    sized = [t for t in types if t in _LENGTHS] if types else list(_LENGTHS)
-    if not sized:
-        raise ConstraintError(
-            f"{where} bounds a length (of a string, list or mapping), and the parameter is "
-            f"{' | '.join(types)}"
-        )
-    prefix = "min" if argument == "min_length" else "max"
-    return [(prefix + _LENGTHS[t], value) for t in sized]
-
-
-def _tighter(keyword: str, old: Any, new: Any, marker: ast.expr) -> Any:
-    """Two markers' bounds on one keyword: the stricter one."""
-    if old is None:
-        return new
-    if keyword == "multipleOf":
-        if isinstance(old, int) and isinstance(new, int) and (old % new == 0 or new % old == 0):
-            return max(old, new)
-        raise ConstraintError(f"{_source(marker)}: a second, different multipleOf ({old!r})")
-    return max(old, new) if keyword in _LOWER else min(old, new)
-
-
-def _check_satisfiable(rules: dict[str, Any], metadata: list[ast.expr]) -> None:
-    """ConstraintError when no value can meet the bounds (``Ge(10), Le(5)``)."""
-    pairs = [("minimum", "maximum", False), ("exclusiveMinimum", "maximum", True)]
-    pairs += [("minimum", "exclusiveMaximum", True), ("exclusiveMinimum", "exclusiveMaximum", True)]
-    pairs += [(f"min{s}", f"max{s}", False) for s in _LENGTHS.values()]
-    for low, high, strict in pairs:
-        if low in rules and high in rules:
-            lo, hi = rules[low], rules[high]
-            if lo > hi or (strict and lo >= hi):
-                where = ", ".join(_source(m) for m in metadata)
-                raise ConstraintError(f"{where}: no value satisfies {low} {lo!r} and {high} {hi!r}")
-
-
-def _literal_value(node: ast.expr, where: str) -> Any:
-    """A literal in a constraint, never evaluated: anything else is a ConstraintError."""
-    try:
-        return ast.literal_eval(node)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
-        raise ConstraintError(
-            f"{where}: {_source(node)} is not a literal; nb2task reads constraints "
-            "without running the cell: write the value itself"
-        ) from None
-
-
-def _source(node: ast.expr) -> str:
-    """An expression as written, cut for a one-line message."""
-    text = " ".join(ast.unparse(node).split())
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
-def _unique(values: Iterable[str]) -> tuple[str, ...]:
-    return tuple(dict.fromkeys(values))
-
-
-def _unique_values(values: Iterable[Any]) -> list[Any]:
-    """Values without repeats as JSON compares them (``1`` and ``1.0`` are one)."""
-    seen: dict[Any, Any] = {}
-    for value in values:
-        seen.setdefault(_enum_key(value), value)
-    return list(seen.values())
-
-
 def _types_from_value(value: Any) -> tuple[str, ...]:
     if value is None:
         return ()  # None says nothing about the type a user meant
-    json_type = _JSON_TYPES.get(type(value).__name__)
+    json_type = JSON_TYPES.get(type(value).__name__)
     return (json_type,) if json_type else ()
 
 
