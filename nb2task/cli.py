@@ -774,7 +774,8 @@ def _inspect(args: argparse.Namespace) -> None:
         default = (
             "(required)" if p.required else f"= {p.default}" if p.computed else repr(p.default)
         )
-        rows.append((p.name, p.type_label, default, p.help))
+        kind = f"{p.type_label} ({p.rules_label})" if p.rules_label else p.type_label
+        rows.append((p.name, kind, default, p.help))
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     print(f"{notebook.name} {notebook.settings.version}: {notebook.path}")
     for row in rows:
