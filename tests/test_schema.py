@@ -502,3 +502,23 @@ def test_inspect_prints_the_constraints_and_run_checks_them_before_anything(
         assert result.last_stderr_line == f"stactask.exceptions.InvalidInput: {message}"
         assert not (tmp_path / "ran").exists()
         assert not (tmp_path / "work" / "input-assets").exists()
+
+
+def test_inspect_shows_the_constraints_beside_the_types(tmp_path: Path) -> None:
+    notebook = tmp_path / "c.py"
+    notebook.write_text(
+        '# %% tags=["parameters"]\n'
+        "from typing import Annotated, Literal\n"
+        "from annotated_types import Ge, Le\n"
+        'payload = "x.json"\n'
+        'mode: Literal["a", "b"] = "a"  # the mode\n'
+        "n: Annotated[int, Ge(0), Le(10)] = 3\n"
+        "# %%\nimport nb2task\nnb2task.emit([])\n"
+    )
+    result = run_cli("inspect", notebook)
+    assert result.returncode == 0, result.stderr
+    rows = [line.split() for line in result.stdout.splitlines()[2:4]]
+    assert rows == [
+        ["mode", "string", "(one", "of", "['a',", "'b'])", "'a'", "the", "mode"],
+        ["n", "integer", "(>=", "0,", "<=", "10)", "3"],
+    ]
