@@ -35,8 +35,7 @@ CELLS: list[tuple[str, list[str]]] = [
     (
         "from typing import Annotated, Literal\n\n"
         "from annotated_types import Gt, Le, MinLen\n\n"
-        'payload = "fixtures/success/stats-one-item/input.json"  # the input payload; '
-        "injects the real one)\n"
+        'payload = "fixtures/success/stats-one-item/input.json"  # nb2task injects the real one\n'
         'workdir = "."  # where the task writes its outputs\n'
         'assets: Annotated[list[str], MinLen(1)] = ["data"]  # asset keys to read\n'
         "scale: Annotated[float, Gt(0), Le(1000)] = 1.0  # multiplies the byte counts\n"
