@@ -102,9 +102,7 @@ def _download_from_s3(
     """Download the s3:// assets of ``jobs`` into ``root``/<item>/, rewriting their hrefs."""
     if not jobs:
         return
-    from .payload import s3_client
-
-    client = s3_client()
+    client = _download_client()
     targets: list[tuple[dict[str, Any], str, Path]] = []
     for index, key, asset in jobs:
         folder = root / f"{index:04d}-{safe_name(features[index]['id'])}"
@@ -129,6 +127,29 @@ def _download_from_s3(
             future.result()
 
 
+_unsigned: Any = None
+
+
+def _download_client() -> Any:
+    """The S3 client downloads go through: nb2task's own (signed), or, where there are
+    no credentials at all (a laptop reading a public archive), an unsigned one, as
+    stac-asset reads without them."""
+    global _unsigned
+    from .payload import s3_client
+
+    client = s3_client()
+    # botocore resolved the credentials when it made the client (None: none found).
+    if getattr(getattr(client, "_request_signer", None), "_credentials", True) is not None:
+        return client
+    if _unsigned is None:
+        import boto3
+        from botocore import UNSIGNED
+        from botocore.config import Config
+
+        _unsigned = boto3.client("s3", config=Config(signature_version=UNSIGNED))
+    return _unsigned
+
+
 def _download_error(href: str, err: Exception) -> Exception:
     """A missing object is bad input; anything else (5xx, refused, denied) a failure."""
     response = getattr(err, "response", None)
@@ -142,9 +163,10 @@ def _download_with_stac_asset(
     features: list[dict[str, Any]], keys: Sequence[str], directory: Path
 ) -> list[dict[str, Any]]:
     """Download the assets that are not on S3 (https and others) with stac-asset."""
-    import pystac
     from stactask.asset_io import download_items_assets
     from stactask.config import DownloadConfig
+
+    from . import stac_items
 
     remote = {
         k
@@ -154,7 +176,7 @@ def _download_with_stac_asset(
         and (ALL_ASSETS in keys or k in keys)
     }  # fmt: skip
     config = DownloadConfig(include=sorted(remote), fail_fast=True, overwrite=True)
-    items = [pystac.Item.from_dict(f, preserve_dict=True) for f in features]
+    items = stac_items.read(features)  # never migrated: they come back as they went
     for index, item in enumerate(items):
         # Each item's folder is named by us: an id or collection from the payload (say
         # "../../etc") must not choose where files go.
@@ -172,9 +194,9 @@ def _download_with_stac_asset(
     except Exception as err:  # stac-asset raises a variety of types
         raise AssetError(f"asset download failed: {err}") from err
     result = []
-    for feature, item in zip(features, downloaded, strict=True):
-        item.make_asset_hrefs_absolute()
-        local = item.to_dict(transform_hrefs=False)
+    for feature, done in zip(features, downloaded, strict=True):
+        done.make_asset_hrefs_absolute()
+        local = done.to_dict(transform_hrefs=False)
         local["id"] = feature["id"]
         if "collection" in feature:
             local["collection"] = feature["collection"]
@@ -207,8 +229,9 @@ def upload_local_assets(
     """Upload every local asset of ``features`` with the payload's upload options
     (per collection), rewrite their hrefs, and return the new items. ``client``
     remembers the uploads; they are deleted again if one fails."""
-    import pystac
     from stactask.asset_io import upload_item_assets_to_s3
+
+    from . import stac_items
 
     uploaded: list[dict[str, Any]] = []
     try:
@@ -228,9 +251,14 @@ def upload_local_assets(
                     f"item {feature['id']} has local assets to upload but the payload's "
                     "upload_options has no path_template (or run with --no-upload)"
                 )
-            item = pystac.Item.from_dict(feature, preserve_dict=True)
+            item = stac_items.Item.read(feature)
             new = upload_item_assets_to_s3(item, assets=keys, s3_client=client, **options)
-            uploaded.append(new.to_dict(transform_hrefs=False))
+            # stactask gives back a migrated copy (Item.from_dict): take only the new
+            # hrefs from it, so that the item comes out as the notebook emitted it.
+            result = copy.deepcopy(feature)
+            for key in keys:
+                result["assets"][key]["href"] = new.assets[key].href
+            uploaded.append(result)
     except Exception as err:
         client.delete_uploaded()
         if isinstance(err, AssetError | InvalidInput):

@@ -9,6 +9,7 @@ output payload goes: stdout, a path or URL, or a Lambda return value.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import uuid
@@ -42,20 +43,26 @@ class Publication:
         self.fallback_prefix = fallback_prefix  # beside --output, if nothing else places it
         self.uploads = S3Client() if upload else None
         self.record_uploaded = False
+        # The first output item as its assets were uploaded (its collection then, before
+        # collection_matchers assign the output's): the record goes beside its outputs.
+        self.placed_by: dict[str, Any] | None = None
 
     def upload_outputs(self, features: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Upload the items' local assets (with the payload's upload options); the items
         with their new hrefs. Without upload, the items as they are."""
         if self.uploads is None:
             return features
-        return upload_local_assets(self.payload, features, self.uploads)
+        uploaded = upload_local_assets(self.payload, features, self.uploads)
+        self.placed_by = copy.deepcopy(uploaded[0]) if uploaded else None
+        return uploaded
 
     def publish_record(self, notebook: Path, features: list[dict[str, Any]]) -> None:
         """The executed notebook (and its HTML, when asked) beside the outputs of a
         successful run, linked from every output item."""
         html = render_html(notebook) if self.html else None
         if self.uploads is not None:
-            self._upload_record(notebook, html, features[0] if features else None, features)
+            placed_by = self.placed_by or (features[0] if features else None)
+            self._upload_record(notebook, html, placed_by, features)
 
     def publish_failure_record(self, notebook: Path) -> None:
         """A failed run's record: always rendered as HTML, uploaded where the first
@@ -105,16 +112,10 @@ class Publication:
         link_record(features, urls[notebook.name], urls.get(html.name) if html else None)
 
     def _first_input_item(self) -> dict[str, Any] | None:
-        """The first input item with the collection Cirrus' matchers would give it."""
-        from stactask.utils import find_collection
-
+        """The first input item: its outputs would have been uploaded with its own
+        collection's options, as stactask uploads them (before matchers assign any)."""
         items = self.payload.items_as_dicts
-        if not items:
-            return None
-        item = dict(items[0])
-        config = self.payload.collection_matchers or self.payload.collection_mapping
-        item["collection"] = find_collection(config, item) or item.get("collection")
-        return item
+        return dict(items[0]) if items else None
 
 
 class Output(ABC):

@@ -50,8 +50,9 @@ def record_prefix(payload: Payload, item: dict[str, Any] | None) -> str | None:
     """Where the record goes: the upload ``path_template`` filled in for ``item``."""
     if item is None:
         return None
-    import pystac
     from pystac.layout import LayoutTemplate
+
+    from . import stac_items
 
     options = payload.get_collection_upload_options(item.get("collection"))
     template = options.get("path_template")
@@ -59,7 +60,7 @@ def record_prefix(payload: Payload, item: dict[str, Any] | None) -> str | None:
         return None
     try:
         prefix: str = LayoutTemplate(template).substitute(
-            pystac.Item.from_dict(item, preserve_dict=True)
+            stac_items.Item.read(item)  # as the outputs were placed: not migrated
         )
     except Exception as err:  # noqa: BLE001 - e.g. a template variable the item lacks
         logger.warning("cannot place the run record with %s: %s", template, err)

@@ -500,6 +500,10 @@ def test_upload_options_follow_the_collection_stactask_uses(
     notebook_keys = {k for k in keys(s3, bucket) if "/out.txt" in k}
     assert original_keys == {"by-input/input-collection/out.txt"}
     assert notebook_keys == original_keys
+    # The run's record lands beside the outputs, not under the assigned collection.
+    assert {k for k in keys(s3, bucket) if "executed" in k} == {
+        "by-input/input-collection/writer.executed.ipynb"
+    }
     assert output["features"][0]["collection"] == original["features"][0]["collection"]
     assert output["features"][0]["collection"] == "assigned"
 
@@ -517,3 +521,102 @@ def test_emit_never_fetches_even_a_plain_pystac_items_root(
     nb2task.emit([pystac.Item.from_dict(copy.deepcopy(feature)), feature])
     assert "emitting 2 item(s)" in capsys.readouterr().out
     assert root_server.requests == []
+
+
+class FileServer(http.server.ThreadingHTTPServer):
+    """Serves one folder over HTTP on loopback (assets behind https-like hrefs)."""
+
+    def __init__(self, folder: Path) -> None:
+        import functools
+
+        handler = functools.partial(QuietHandler, directory=str(folder))
+        super().__init__(("127.0.0.1", 0), handler)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server_address[1]}"
+
+
+class QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+OLD_ITEM_KEYS = ("stac_version", "stac_extensions", "properties")
+
+
+def old_item(item_id: str = "old") -> dict[str, Any]:
+    """An item pystac would migrate: STAC 1.0.0 with proj:epsg."""
+    feature = dict(hand_made_features())["proj-epsg-1.0.0"]
+    return {**copy.deepcopy(feature), "id": item_id}
+
+
+def test_downloads_over_http_give_items_back_unmigrated(tmp_path: Path) -> None:
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / "a.tif").write_bytes(b"http bytes")
+    server = FileServer(served)
+    try:
+        feature = old_item()
+        feature["assets"] = {"a": {"href": f"{server.url}/a.tif"}}
+        (item,) = nb2task.download_assets([feature], ["a"], tmp_path / "dl")
+    finally:
+        server.shutdown()
+    assert Path(item["assets"]["a"]["href"]).read_bytes() == b"http bytes"
+    assert {k: item[k] for k in OLD_ITEM_KEYS} == {k: feature[k] for k in OLD_ITEM_KEYS}
+
+
+def test_uploaded_items_come_out_unmigrated(tmp_path: Path, s3: Any, bucket: str) -> None:
+    notebook = write_notebook(
+        tmp_path / "old.ipynb",
+        'payload = "payload.json"\nworkdir = "."',
+        "import nb2task, pathlib\nitem = nb2task.read_items(payload)[0]\n"
+        "out = pathlib.Path(workdir) / 'out.txt'\nout.write_text('x')\n"
+        "item.assets = {'out': __import__('pystac').Asset(str(out))}\nnb2task.emit(item)",
+        metadata={"name": "old"},
+    )
+    feature = old_item()
+    document = make_payload(
+        features=[feature],
+        upload_options={"path_template": f"s3://{bucket}/${{id}}", "s3_urls": True},
+    )
+    from nb2task.publish import UrlOutput
+    from nb2task.runner import Runner, RunOptions
+
+    with Runner(notebook, RunOptions(workdir=tmp_path / "nb", upload=True)) as runner:
+        output = runner.run(document, UrlOutput(tmp_path / "output.json"))
+    (emitted,) = output["features"]
+    assert emitted["assets"]["out"]["href"] == f"s3://{bucket}/old/out.txt"
+    assert {k: emitted[k] for k in OLD_ITEM_KEYS} == {k: feature[k] for k in OLD_ITEM_KEYS}
+
+
+NO_CREDENTIALS = {
+    "AWS_ACCESS_KEY_ID": None,
+    "AWS_SECRET_ACCESS_KEY": None,
+    "AWS_SESSION_TOKEN": None,
+    "AWS_PROFILE": None,
+    "AWS_SHARED_CREDENTIALS_FILE": "/nonexistent/credentials",
+    "AWS_CONFIG_FILE": "/nonexistent/config",
+    "AWS_EC2_METADATA_DISABLED": "true",
+}
+
+
+def test_public_s3_assets_download_without_credentials(
+    tmp_path: Path, s3: Any, bucket: str, cli: Any
+) -> None:
+    """As stac-asset reads a public archive with no credentials at all, so do nb2task's
+    downloads (unsigned requests); with credentials they are signed."""
+    s3.put_object(Bucket=bucket, Key="public/a.tif", Body=b"public", ACL="public-read")
+    feature = sample_item()
+    feature["assets"] = {"a": {"href": f"s3://{bucket}/public/a.tif"}}
+    payload = write_payload(tmp_path / "payload.json", [feature])
+    notebook = write_notebook(
+        tmp_path / "public.ipynb",
+        'payload = "payload.json"',
+        "import nb2task, pathlib\nitem = nb2task.read_items(payload)[0]\n"
+        "assert pathlib.Path(item.assets['a'].href).read_bytes() == b'public'\n"
+        "nb2task.emit(item)",
+        metadata={"download_assets": ["a"]},
+    )
+    result = cli(
+        "run", notebook, payload, "--local", "--workdir", tmp_path / "w", env=NO_CREDENTIALS
+    )
+    assert result.returncode == 0, result.stderr
