@@ -22,9 +22,15 @@ if TYPE_CHECKING:
 class PayloadView:
     """A Cirrus process payload, read-only: its id, ``process[0]`` and this task's options."""
 
-    def __init__(self, document: Mapping[str, Any], task_name: str | None = None) -> None:
+    def __init__(
+        self,
+        document: Mapping[str, Any],
+        task_name: str | None = None,
+        task_version: str | None = None,
+    ) -> None:
         self._document = copy.deepcopy(dict(document))
         self._task_name = task_name
+        self.task_version = task_version  # the running task's version (None in Jupyter)
 
     def __repr__(self) -> str:
         return f"<PayloadView id={self.id!r} task={self.task_name!r} items={len(self._features)}>"

@@ -39,15 +39,19 @@ DOWNLOADS_FOLDER = "input-assets"
 _run_workdir: Path | None = None
 
 
-def read_items(path: str | os.PathLike[str], *, as_dicts: bool = False) -> list[Any]:
+def read_items(
+    path: str | os.PathLike[str], *, as_dicts: bool = False, migrate: bool = False
+) -> list[Any]:
     """The STAC items of a payload (or item collection, or item) JSON file, exactly as
-    they came: pystac Items (``nb2task.stac_items.Item``), or dicts if ``as_dicts``."""
+    they came: pystac Items (``nb2task.stac_items.Item``), or dicts if ``as_dicts``.
+    ``migrate``: migrated to pystac's STAC version instead, as stactask's ``Task.items``
+    has them (``self.items_as_dicts`` has them as they came). Nothing is fetched."""
     features, _ = _read_features(Path(path))
     if as_dicts:
         return features
     from . import stac_items
 
-    return stac_items.read(features)
+    return stac_items.read(features, migrate)
 
 
 def read_payload(path: str | os.PathLike[str], task_name: str | None = None) -> PayloadView:
@@ -60,7 +64,9 @@ def read_payload(path: str | os.PathLike[str], task_name: str | None = None) -> 
     features, document = _read_features(path)
     run = _run_facts(path)
     return PayloadView(
-        {**document, "features": features}, task_name or _str_or_none(run.get("task_name"))
+        {**document, "features": features},
+        task_name or _str_or_none(run.get("task_name")),
+        _str_or_none(run.get("task_version")),
     )
 
 

@@ -20,7 +20,6 @@ Imported only when ``read_items`` is first called (it imports pystac).
 
 from __future__ import annotations
 
-import copy
 from typing import Any
 
 import pystac
@@ -35,10 +34,12 @@ class Item(pystac.Item):
     _read_datetime: str | None = None
 
     @classmethod
-    def read(cls, feature: dict[str, Any]) -> Item:
-        """The item of a feature dict, exactly as it came (the dict is not kept)."""
-        item = cls.from_dict(feature, migrate=False, preserve_dict=True)
-        item._remember(feature)
+    def read(cls, feature: dict[str, Any], migrate: bool = False) -> Item:
+        """The item of a feature dict, exactly as it came (the dict is not kept); with
+        ``migrate``, migrated to pystac's STAC version, as stactask's ``Task.items``."""
+        item = cls.from_dict(feature, migrate=migrate, preserve_dict=True)
+        if not migrate:
+            item._remember(feature)
         return item
 
     def _remember(self, feature: dict[str, Any]) -> None:
@@ -85,11 +86,6 @@ class Item(pystac.Item):
         return clone
 
 
-def read(features: list[dict[str, Any]]) -> list[Item]:
-    """Items of feature dicts, exactly as they came."""
-    return [Item.read(feature) for feature in features]
-
-
-def as_dict(item: Any) -> dict[str, Any]:
-    """A pystac Item (of any class) as a dict, without fetching anything."""
-    return dict(copy.deepcopy(item.to_dict(transform_hrefs=False)))
+def read(features: list[dict[str, Any]], migrate: bool = False) -> list[Item]:
+    """Items of feature dicts, exactly as they came (or migrated, if ``migrate``)."""
+    return [Item.read(feature, migrate) for feature in features]

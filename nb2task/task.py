@@ -200,7 +200,11 @@ class NotebookTask(Task):
             progress.stage("download", f"assets {', '.join(self.download_assets)}")
             features = download_assets(features, self.download_assets, downloads)
         input_path.write_text(json.dumps({**self.payload, "features": features}), encoding="utf-8")
-        run_facts = {"task_name": self.name, "workdir": str(self.workdir)}
+        run_facts = {
+            "task_name": self.name,
+            "task_version": self.version,
+            "workdir": str(self.workdir),
+        }
         (self.workdir / RUN_FILE).write_text(json.dumps(run_facts), encoding="utf-8")
 
         injected = dict(parameters)

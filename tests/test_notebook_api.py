@@ -100,6 +100,23 @@ def test_an_item_read_and_written_back_is_what_came(
         assert "proj:code" not in item.properties  # pystac's migration would add it
 
 
+def test_migrate_gives_the_items_as_stactasks_task_items_has_them(
+    tmp_path: Path, root_server: CountingServer
+) -> None:
+    import pystac
+
+    feature = dict(hand_made_features())["proj-epsg-1.0.0"]
+    feature = {**feature, "links": [{"rel": "root", "href": f"{root_server.url}/catalog.json"}]}
+    path = write_payload(tmp_path / "p.json", [feature])
+    (item,) = nb2task.read_items(path, migrate=True)
+    expected = pystac.ItemCollection.from_dict(
+        {"type": "FeatureCollection", "features": [copy.deepcopy(feature)]}, preserve_dict=True
+    )[0].to_dict(transform_hrefs=False)
+    assert item.to_dict() == expected
+    assert item.properties["proj:code"] == "EPSG:32633"
+    assert root_server.requests == []
+
+
 def test_a_changed_datetime_is_written_as_pystac_writes_it(tmp_path: Path) -> None:
     import datetime as dt
 
@@ -244,9 +261,9 @@ def test_a_task_run_tells_the_notebook_its_task_name_and_payload(
         "p = nb2task.read_payload(payload)\n"
         "item = nb2task.read_items(payload, as_dicts=True)[0]\n"
         "item['properties']['seen'] = [p.id, p.task_name, p.task_options, p.workflow,\n"
-        "    p.workflow_options, p.upload_options]\n"
+        "    p.workflow_options, p.upload_options, p.task_version]\n"
         "nb2task.emit(item)",
-        metadata={"name": "named"},
+        metadata={"name": "named", "version": "2.1.0"},
     )
     document = make_payload(
         tasks={"named": {"limit": 2}, "other": {"q": 1}},
@@ -263,6 +280,7 @@ def test_a_task_run_tells_the_notebook_its_task_name_and_payload(
         "test-workflow",
         {"shared": True},
         {"path_template": "s3://b/${id}"},
+        "2.1.0",
     ]
 
 
