@@ -169,7 +169,7 @@ def check(task_class: type[NotebookTask], document: dict[str, Any], check_schema
         )
     local = [
         asset["href"]
-        for item in document["features"]
+        for item in document.get("features", [])  # none: a payload with no items
         for asset in item.get("assets", {}).values()
         if "://" not in asset["href"]
     ]

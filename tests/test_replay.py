@@ -10,7 +10,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import get_bytes, get_json, make_payload, put_json, run_cli, run_task, write_notebook
+from support import (
+    get_bytes,
+    get_json,
+    make_payload,
+    put_json,
+    run_cli,
+    run_task,
+    sample_item,
+    write_notebook,
+)
 
 from nb2task import __version__
 from nb2task.errors import NotebookCellError, UsageError
@@ -36,7 +45,8 @@ def failing_on_s3(s3: Any, bucket: str) -> tuple[str, dict[str, Any]]:
     payload = make_payload(
         tasks={"fails": {"label": "from-payload"}},
         upload_options={"path_template": f"s3://{bucket}/${{collection}}/${{id}}"},
-        collection_matchers=[{"type": "catch_all", "collection_name": "runs"}],
+        # The record goes where the item's outputs would: under its own collection.
+        features=[{**sample_item(), "collection": "runs"}],
     )
     return put_json(s3, bucket, "payloads/in.json", payload), payload
 
