@@ -76,7 +76,7 @@ CELLS: list[tuple[str, list[str]]] = [
     ),
     (
         "# items = self.download_items_assets(self.items, config=DownloadConfig(include=assets))\n"
-        "items = nb2task.read_items(payload)\n"
+        "items = nb2task.read_items(payload, migrate=True)  # as self.items has them\n"
         "downloaded = nb2task.download_assets(items, assets)",
         [],
     ),
