@@ -158,7 +158,7 @@ def _write_context(
     for extra in include:
         _copy_include(extra, out / "notebook")
     (out / "requirements.txt").write_text("".join(f"{r}\n" for r in requirements), encoding="utf-8")
-    schema = notebook.schema.json_schema(title=notebook.name)
+    schema = notebook.parameters_schema()
     (out / "parameters.schema.json").write_text(
         json.dumps(schema, indent=2, sort_keys=True) + "\n", encoding="utf-8"
     )

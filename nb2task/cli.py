@@ -767,7 +767,7 @@ def _inspect(args: argparse.Namespace) -> None:
     notebook = Notebook.load(args.notebook)
     if args.json:
         notebook.check_runnable_as_task()
-        print(json.dumps(notebook.schema.json_schema(title=notebook.name), indent=2))
+        print(json.dumps(notebook.parameters_schema(), indent=2))
         return
     rows = [("name", "type", "default", "help")]
     for p in notebook.schema.parameters:

@@ -264,6 +264,13 @@ class Notebook:
                 self.path.name,
             )
 
+    def parameters_schema(self) -> dict[str, Any]:
+        """The task's parameters as JSON Schema; other options are allowed unless the
+        ``unknown_options`` setting refuses them."""
+        schema = self.schema.json_schema(title=self.name)
+        schema["additionalProperties"] = self.settings.unknown_options != "error"
+        return schema
+
     @property
     def has_validate_cells(self) -> bool:
         """True if cells tagged ``nb2task-validate`` (the task's ``validate()``) exist."""

@@ -638,3 +638,18 @@ def test_public_s3_assets_download_without_credentials(
         "run", notebook, payload, "--local", "--workdir", tmp_path / "w", env=NO_CREDENTIALS
     )
     assert result.returncode == 0, result.stderr
+
+
+@pytest.mark.parametrize(
+    ("policy", "allowed"), [("error", False), ("warn", True), ("ignore", True)]
+)
+def test_the_json_schema_allows_other_options_as_the_setting_does(
+    tmp_path: Path, cli: Any, policy: str, allowed: bool
+) -> None:
+    notebook = write_notebook(
+        tmp_path / "t.ipynb", 'payload = "p.json"\nn: int = 1', "pass",
+        metadata={"unknown_options": policy},
+    )  # fmt: skip
+    result = cli("inspect", notebook, "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["additionalProperties"] is allowed
