@@ -320,6 +320,17 @@ def test_update_writes_the_message_form(port: Path, ported: GoldenRunner) -> Non
     assert ported.run(case).passed
 
 
+def run_pytest(folder: Path) -> subprocess.CompletedProcess[str]:
+    """pytest in ``folder``, as a task repository's CI runs it."""
+    return subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
+        cwd=folder,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
 def test_nb2task_test_and_pytest_find_cirrus_task_example_layout(tmp_path: Path) -> None:
     task = tmp_path / "task-repo-layout"
     shutil.copytree(TASK_REPO, task, ignore=shutil.ignore_patterns("conftest.py"))
@@ -330,13 +341,7 @@ def test_nb2task_test_and_pytest_find_cirrus_task_example_layout(tmp_path: Path)
 
     out = task / "tests/fixtures/payloads/success/payload1/out.json"
     out.write_text(out.read_text().replace('"GREETING"', '"other"'))
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-        cwd=task,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_pytest(task)
     assert proc.returncode == 1, proc.stdout + proc.stderr
     assert "1 failed, 1 passed" in proc.stdout
     assert "FAILED tests/fixtures/payloads/success/payload1/in.json::success/payload1" in (
@@ -347,13 +352,7 @@ def test_nb2task_test_and_pytest_find_cirrus_task_example_layout(tmp_path: Path)
     # A hand-written task's repository (no notebook beside tests/): its fixtures are left
     # to its own tests.
     (task / "task-repo-layout.py").unlink()
-    proc = subprocess.run(
-        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider"],
-        cwd=task,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    proc = run_pytest(task)
     assert proc.returncode == 5, proc.stdout + proc.stderr  # no tests collected
 
 

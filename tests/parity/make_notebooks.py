@@ -100,7 +100,14 @@ PORTS: dict[str, tuple[dict[str, Any], str, list[tuple[str, list[str]]]]] = {
 
 def notebook(name: str) -> nbformat.NotebookNode:
     """The port of task ``name`` as a notebook."""
-    metadata, markdown, cells = PORTS[name]
+    return build(name, *PORTS[name])
+
+
+def build(
+    name: str, metadata: dict[str, Any], markdown: str, cells: list[tuple[str, list[str]]]
+) -> nbformat.NotebookNode:
+    """A port as a notebook: a markdown cell, then code cells (``(source, tags)``), with
+    stable cell ids (``<name>-<n>``) so that the committed files do not churn."""
     nb = new_notebook()
     nb.metadata["kernelspec"] = {
         "name": "python3",
@@ -114,7 +121,7 @@ def notebook(name: str) -> nbformat.NotebookNode:
         if tags:
             cell.metadata["tags"] = tags
         nb.cells.append(cell)
-    for index, cell in enumerate(nb.cells):  # stable ids: the committed files do not churn
+    for index, cell in enumerate(nb.cells):
         cell["id"] = f"{name}-{index}"
     return nb
 

@@ -6,11 +6,11 @@ port here; the notebook is committed, and tests/test_parity_assets.py checks it 
 
 from __future__ import annotations
 
+import importlib.util
 import sys
 from pathlib import Path
 
 import nbformat
-from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook
 
 HERE = Path(__file__).resolve().parent
 PATH = HERE / "asset-task.ipynb"
@@ -111,23 +111,15 @@ CELLS: list[tuple[str, list[str]]] = [
 
 
 def notebook() -> nbformat.NotebookNode:
-    """The port as a notebook."""
-    nb = new_notebook()
-    nb.metadata["kernelspec"] = {
-        "name": "python3",
-        "display_name": "Python 3",
-        "language": "python",
-    }
-    nb.metadata["nb2task"] = METADATA
-    nb.cells.append(new_markdown_cell(MARKDOWN))
-    for source, tags in CELLS:
-        cell = new_code_cell(source)
-        if tags:
-            cell.metadata["tags"] = tags
-        nb.cells.append(cell)
-    for index, cell in enumerate(nb.cells):  # stable ids: the committed file does not churn
-        cell["id"] = f"asset-task-{index}"
-    return nb
+    """The port as a notebook (built as the other ports are, by ../make_notebooks.py)."""
+    spec = importlib.util.spec_from_file_location(
+        "make_notebooks", HERE.parent / "make_notebooks.py"
+    )
+    assert spec is not None and spec.loader is not None
+    ports = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(ports)
+    built: nbformat.NotebookNode = ports.build("asset-task", METADATA, MARKDOWN, CELLS)
+    return built
 
 
 def main() -> int:
