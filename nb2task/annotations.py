@@ -13,10 +13,10 @@ from __future__ import annotations
 import ast
 import math
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .constraints import KEYWORDS, LENGTHS, LOWER, NUMBERS, enum_key, short
+from .constraints import KEYWORDS, LENGTHS, LOWER, NUMBERS, Form, enum_key, short
 from .errors import NotebookError
 
 # Python type name -> JSON Schema type name.
@@ -46,13 +46,28 @@ class ConstraintError(NotebookError):
 
 @dataclass(frozen=True)
 class Shape:
-    """What an annotation says of a value: its JSON types, its elements', their rules."""
+    """What an annotation says of a value: its JSON types, its elements', their rules
+    (for a union, loosely merged: what every member's values meet); ``any_of``, when
+    that merge would loosen the union, the members' own forms (``item_any_of``: the
+    elements'); ``unknown``, the Annotated metadata nb2task does not read."""
 
     types: tuple[str, ...] = ()
     items: tuple[str, ...] = ()
     rules: dict[str, Any] = field(default_factory=dict)
     item_rules: dict[str, Any] = field(default_factory=dict)
     unknown: tuple[str, ...] = ()
+    any_of: tuple[Form, ...] = ()
+    item_any_of: tuple[Form, ...] = ()
+
+    @property
+    def form(self) -> Form:
+        """The merged form (loose where ``any_of`` is set)."""
+        return Form(self.types, self.items, self.rules, self.item_rules, self.item_any_of)
+
+    @property
+    def forms(self) -> tuple[Form, ...]:
+        """The forms a value may take: ``any_of``, or the one form."""
+        return self.any_of or (self.form,)
 
 
 _SEQUENCES = ("list", "List", "tuple", "Tuple", "Sequence")
@@ -69,7 +84,7 @@ def read_annotation(node: ast.expr) -> Shape:
         except SyntaxError:
             return Shape()
     if isinstance(node, ast.BinOp) and isinstance(node.op, ast.BitOr):
-        return _union([read_annotation(node.left), read_annotation(node.right)])
+        return _union([read_annotation(member) for member in _members(node)])
     if isinstance(node, ast.Subscript):
         outer = _annotation_name(node.value)
         args = node.slice.elts if isinstance(node.slice, ast.Tuple) else [node.slice]
@@ -90,6 +105,7 @@ def read_annotation(node: ast.expr) -> Shape:
                 element.types,
                 item_rules=element.rules,
                 unknown=element.unknown,
+                item_any_of=element.any_of,
             )
         return Shape((base,) if base else ())
     base = JSON_TYPES.get(_annotation_name(node))
@@ -104,32 +120,137 @@ def _annotation_name(node: ast.expr) -> str:
     return ""
 
 
+def _members(node: ast.BinOp) -> list[ast.expr]:
+    """The members of ``A | B | C``, read without recursion (a long chain nests deep)."""
+    members: list[ast.expr] = []
+    pending: list[ast.expr] = [node]
+    while pending:
+        current = pending.pop()
+        if isinstance(current, ast.BinOp) and isinstance(current.op, ast.BitOr):
+            pending += [current.right, current.left]
+        else:
+            members.append(current)
+    return members
+
+
 def _union(shapes: list[Shape]) -> Shape:
-    """``A | B``: any type of either; a rule only where every member it applies to has it
-    (the loosest), so that a union never refuses what one of its members accepts."""
+    """``A | B``: the members merged into one form where that form accepts exactly what
+    the members do (``int | None``, ``Literal["a"] | Literal["b"]``); otherwise the
+    loose merge (any type of any member, a rule only where every member it applies to
+    has it) plus ``any_of``, the members' own forms, which JSON Schema's ``anyOf`` and
+    ``check`` use."""
     if len(shapes) == 1:
         return shapes[0]
-    types = () if any(not s.types for s in shapes) else unique(t for s in shapes for t in s.types)
-    listed = next((s for s in shapes if s.items or s.item_rules), Shape())
+    unknown = tuple(u for s in shapes for u in s.unknown)
+    forms = _group([f for s in shapes for f in s.forms])
+    merged = _merge(forms)
+    exact = len(forms) == 1 or _exact(merged, forms)
+    return _shape(merged, unknown, () if exact else tuple(forms))
+
+
+def _shape(form: Form, unknown: tuple[str, ...] = (), any_of: tuple[Form, ...] = ()) -> Shape:
+    return Shape(
+        form.types, form.items, form.rules, form.item_rules, unknown, any_of, form.item_any_of
+    )
+
+
+def _group(forms: list[Form]) -> list[Form]:
+    """The members' forms with the ones that merge exactly merged: the unconstrained
+    (``int | str``) into one, the Literals (``enum`` alone) into one; repeats dropped."""
+    groups: list[Form] = []
+    plain: int | None = None
+    enum: int | None = None
+    seen: set[str] = set()
+    for form in forms:
+        bare = not (form.items or form.item_rules or form.item_any_of)
+        if bare and not form.rules:
+            if plain is None:
+                plain = len(groups)
+                groups.append(form)
+            else:
+                old = groups[plain]
+                types = () if not (old.types and form.types) else unique(old.types + form.types)
+                groups[plain] = Form(types)
+        elif bare and list(form.rules) == ["enum"] and form.types:
+            if enum is None:
+                enum = len(groups)
+                groups.append(form)
+            else:
+                old = groups[enum]
+                values = _unique_values([*old.rules["enum"], *form.rules["enum"]])
+                groups[enum] = Form(unique(old.types + form.types), rules={"enum": values})
+        else:
+            key = repr(form.json_schema())
+            if key not in seen:
+                seen.add(key)
+                groups.append(form)
+    return groups
+
+
+def _merge(forms: list[Form]) -> Form:
+    """One form that accepts whatever any of ``forms`` does (and maybe more)."""
+    if len(forms) == 1:
+        return forms[0]
+    types = () if any(not f.types for f in forms) else unique(t for f in forms for t in f.types)
     rules: dict[str, Any] = {}
-    if any("enum" in s.rules for s in shapes) and all(
-        "enum" in s.rules or s.types == ("null",) for s in shapes
+    if any("enum" in f.rules for f in forms) and all(
+        "enum" in f.rules or f.types == ("null",) for f in forms
     ):
-        rules["enum"] = _unique_values(v for s in shapes for v in s.rules.get("enum", [None]))
+        rules["enum"] = _unique_values(v for f in forms for v in f.rules.get("enum", [None]))
     for keyword, (applies, _) in KEYWORDS.items():
-        covering = [s for s in shapes if not s.types or set(s.types) & set(applies)]
-        bounds: list[Any] = [s.rules[keyword] for s in covering if keyword in s.rules]
+        covering = [f for f in forms if _covers(f.types, applies)]
+        bounds: list[Any] = [f.rules[keyword] for f in covering if keyword in f.rules]
         if covering and len(bounds) == len(covering):
             loosest = min(bounds) if keyword in LOWER else max(bounds)
             if keyword != "multipleOf" or len(set(bounds)) == 1:
                 rules[keyword] = loosest
-    return Shape(
-        types,
-        listed.items,
-        rules,
-        listed.item_rules,
-        tuple(u for s in shapes for u in s.unknown),
-    )
+    lists = [f for f in forms if _covers(f.types, ("array",))]
+    if not lists or any(not (f.items or f.item_rules or f.item_any_of) for f in lists):
+        return Form(types, rules=rules)  # some list member takes any element
+    element = _union([Shape(f.items, rules=f.item_rules, any_of=f.item_any_of) for f in lists])
+    return Form(types, element.types, rules, element.rules, element.any_of)
+
+
+# The kinds of JSON value a form may accept, each with the JSON types that cover it
+# (an integer is a number too).
+_KINDS = {
+    "null": ("null",),
+    "boolean": ("boolean",),
+    "integer": ("integer", "number"),
+    "fraction": ("number",),
+    "string": ("string",),
+    "array": ("array",),
+    "object": ("object",),
+}
+
+
+def _exact(merged: Form, forms: list[Form]) -> bool:
+    """Whether ``merged`` accepts only what one of ``forms`` accepts (it accepts all of
+    it). With an ``enum``, value by value; without, kind by kind: some form of that kind
+    has the merged form's very rules for it (then it accepts all the merged form does)."""
+    if "enum" in merged.rules:
+        taken: set[Any] = {("null",)} if any(f.types == ("null",) for f in forms) else set()
+        for form in forms:
+            taken.update(enum_key(v) for v in form.rules.get("enum", ()) if form.accepts(v))
+        return all(enum_key(v) in taken for v in merged.rules["enum"] if merged.accepts(v))
+    for kind, covering in _KINDS.items():
+        wanted = _restricted(merged, kind)
+        members = [f for f in forms if _covers(f.types, covering)]
+        if members and not any(_restricted(f, kind) == wanted for f in members):
+            return False
+    return True
+
+
+def _restricted(form: Form, kind: str) -> tuple[Any, ...]:
+    """What ``form`` asks of a value of ``kind``, comparable between forms."""
+    json_type = _KINDS[kind][-1]
+    rules = {k: v for k, v in form.rules.items() if k != "enum" and json_type in KEYWORDS[k][0]}
+    elements = (form.items, form.item_rules, form.item_any_of) if kind == "array" else ()
+    return ("enum" in form.rules, rules, elements)
+
+
+def _covers(types: tuple[str, ...], json_types: tuple[str, ...]) -> bool:
+    return not types or bool(set(types) & set(json_types))
 
 
 def _literal(args: list[ast.expr]) -> Shape:
@@ -189,9 +310,11 @@ _FIELD_DOCUMENTATION = ("description", "title", "examples", "json_schema_extra",
 
 
 def _annotated(base: Shape, metadata: list[ast.expr]) -> Shape:
-    """``Annotated[T, ...]``: ``T``'s shape, narrowed by each marker nb2task knows; the
-    rest is kept, as written, in ``unknown``."""
+    """``Annotated[T, ...]``: ``T``'s shape, narrowed by each marker nb2task knows (each
+    of a union's forms by the markers for its types); the rest is kept, as written, in
+    ``unknown``."""
     rules = dict(base.rules)
+    narrowed = [dict(form.rules) for form in base.any_of]
     unknown = list(base.unknown)
     for marker in metadata:
         name = _annotation_name(marker.func) if isinstance(marker, ast.Call) else ""
@@ -205,8 +328,20 @@ def _annotated(base: Shape, metadata: list[ast.expr]) -> Shape:
         for argument, value in arguments.items():
             for keyword, bound in _marker_keywords(marker, argument, value, base.types):
                 rules[keyword] = _tighter(keyword, rules.get(keyword), bound, marker)
+                for form, form_rules in zip(base.any_of, narrowed, strict=True):
+                    if _covers(form.types, KEYWORDS[keyword][0]):
+                        old = form_rules.get(keyword)
+                        form_rules[keyword] = _tighter(keyword, old, bound, marker)
     _check_satisfiable(rules, metadata)
-    return Shape(base.types, base.items, rules, base.item_rules, tuple(unknown))
+    if base.any_of:  # the narrowed members may merge now
+        members = [
+            Shape(f.types, f.items, r, f.item_rules, (), (), f.item_any_of)
+            for f, r in zip(base.any_of, narrowed, strict=True)
+        ]
+        return replace(_union(members), unknown=tuple(unknown))
+    return Shape(
+        base.types, base.items, rules, base.item_rules, tuple(unknown), (), base.item_any_of
+    )
 
 
 def _marker_arguments(call: ast.Call, name: str) -> tuple[dict[str, Any], list[str]]:

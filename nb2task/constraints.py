@@ -5,12 +5,18 @@ lengths (``minLength``, ``minItems``, ``minProperties``...) apply as JSON Schema
 them: a keyword checks only values of the types it is for, and values compare as JSON
 compares them (``1 == 1.0``, but ``True`` is not ``1``). A broken rule is a message
 naming the parameter, the rule and the value, on one line.
+
+A ``Form`` is one shape a value may take (its types, its elements', their rules); a
+union that one form cannot express exactly is several (JSON Schema's ``anyOf``).
 """
 
 from __future__ import annotations
 
+import math
 import operator
+from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import cached_property
 from typing import Any
 
 
@@ -40,6 +46,145 @@ LENGTHS = {"string": "Length", "array": "Items", "object": "Properties"}
 
 def copy_rules(rules: dict[str, Any]) -> dict[str, Any]:
     return {k: list(v) if k == "enum" else v for k, v in rules.items()}
+
+
+@dataclass(frozen=True)
+class Form:
+    """One form a value may take: its JSON types, its elements' types, their rules, and
+    (``item_any_of``) the forms an element may take when one form cannot say it."""
+
+    types: tuple[str, ...] = ()  # empty means any type
+    items: tuple[str, ...] = ()  # empty means any
+    rules: dict[str, Any] = field(default_factory=dict)
+    item_rules: dict[str, Any] = field(default_factory=dict)
+    item_any_of: tuple[Form, ...] = ()
+
+    @property
+    def type_label(self) -> str:
+        label = " | ".join(self.types) if self.types else "any"
+        if self.items:
+            label = label.replace("array", f"array of {' | '.join(self.items)}")
+        return label
+
+    @property
+    def rule_words(self) -> list[str]:
+        """The rules in a few words each (``one of ['a', 'b']``, ``>= 0``)."""
+        words = [phrase(k, v) for k, v in self.rules.items()]
+        if self.item_any_of:
+            words.append("each " + alternatives(self.item_any_of))
+        elif self.item_rules:
+            words.append("each " + ", ".join(phrase(k, v) for k, v in self.item_rules.items()))
+        return words
+
+    @property
+    def label(self) -> str:
+        """The form in a few words: ``one of ['a', 'b']``, ``integer (>= 0)``, ``null``."""
+        words = self.rule_words
+        if list(self.rules) == ["enum"] and len(words) == 1:
+            return words[0]
+        return f"{self.type_label} ({', '.join(words)})" if words else self.type_label
+
+    def json_schema(self) -> dict[str, Any]:
+        schema: dict[str, Any] = {}
+        if self.types:
+            schema["type"] = self.types[0] if len(self.types) == 1 else list(self.types)
+        schema.update(copy_rules(self.rules))
+        if self.item_any_of:
+            schema["items"] = {"anyOf": [f.json_schema() for f in self.item_any_of]}
+        elif self.items or self.item_rules:
+            items: dict[str, Any] = {}
+            if self.items:
+                items["type"] = self.items[0] if len(self.items) == 1 else list(self.items)
+            schema["items"] = {**items, **copy_rules(self.item_rules)}
+        return schema
+
+    def accept(self, label: str, value: Any) -> Any:
+        """``value`` (an int widened to float where a number is wanted), or Refused: a
+        wrong type, or a value the rules refuse."""
+        value = self.typed(label, value)
+        self.enforce(label, value)
+        return value
+
+    def accepts(self, value: Any) -> bool:
+        try:
+            self.accept("", value)
+        except Refused:
+            return False
+        return True
+
+    def typed(self, label: str, value: Any) -> Any:
+        """``value`` widened, or Refused when it is not of this form's types (nor its
+        elements of the elements')."""
+        if isinstance(value, float) and not math.isfinite(value):
+            raise Refused(
+                f"{label} must be a finite number, got {value!r} (NaN and infinity are not JSON)"
+            )
+        matched = next((t for t in self.types if is_json_type(value, t)), None)
+        if self.types and matched is None:
+            raise Refused(
+                f"{label} must be {self.type_label}, got {type(value).__name__} {short(value)}"
+            )
+        if matched in (None, "array") and isinstance(value, list | tuple):
+            if self.item_any_of:  # typed and checked at once, alternative by alternative
+                return [
+                    accept_any(f"{label}[{i}]", e, self.item_any_of) for i, e in enumerate(value)
+                ]
+            if self.items:
+                return [self._typed_element(f"{label}[{i}]", e) for i, e in enumerate(value)]
+        return float(value) if matched == "number" else value
+
+    def _typed_element(self, label: str, element: Any) -> Any:
+        if isinstance(element, float) and not math.isfinite(element):
+            raise Refused(f"{label} must be a finite number")
+        for json_type in self.items:
+            if is_json_type(element, json_type):
+                return float(element) if json_type == "number" else element
+        raise Refused(
+            f"{label} must be {' | '.join(self.items)}, "
+            f"got {type(element).__name__} {short(element)}"
+        )
+
+    def enforce(self, label: str, value: Any) -> None:
+        enforce(label, value, self.rules, self._enum_keys)
+        if self.item_rules and not self.item_any_of and isinstance(value, list | tuple):
+            keys = self._item_enum_keys
+            for index, element in enumerate(value):
+                enforce(f"{label}[{index}]", element, self.item_rules, keys)
+
+    # Sets, so that a long Literal and a long list cost one lookup an element.
+    @cached_property
+    def _enum_keys(self) -> frozenset[tuple[Any, ...] | None]:
+        return frozenset(enum_key(v) for v in self.rules.get("enum", ()))
+
+    @cached_property
+    def _item_enum_keys(self) -> frozenset[tuple[Any, ...] | None]:
+        return frozenset(enum_key(v) for v in self.item_rules.get("enum", ()))
+
+
+def accept_any(label: str, value: Any, forms: tuple[Form, ...]) -> Any:
+    """``value`` as the first of ``forms`` that accepts it takes it (JSON Schema's
+    ``anyOf``), or Refused naming what it must be."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise Refused(
+            f"{label} must be a finite number, got {value!r} (NaN and infinity are not JSON)"
+        )
+    for form in forms:
+        try:
+            return form.accept(label, value)
+        except Refused:
+            continue
+    raise Refused(f"{label} must be {alternatives(forms)}, got {short(value)}")
+
+
+def alternatives(forms: tuple[Form, ...]) -> str:
+    """``A or B or C`` for a one-line message: the first few, and how many there are."""
+    shown: list[str] = []
+    for form in forms:
+        text = form.label
+        if shown and sum(len(s) + 4 for s in shown) + len(text) > 120:
+            return f"{' or '.join(shown)} or ... ({len(forms)} alternatives)"
+        shown.append(text)
+    return " or ".join(shown)
 
 
 def phrase(keyword: str, bound: Any) -> str:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import ast
 import io
 import json
-import math
 import tokenize
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from .annotations import JSON_TYPES, ConstraintError, read_annotation
-from .constraints import Refused, copy_rules, enforce, enum_key, is_json_type, phrase, short
+from .constraints import Form, Refused, accept_any, alternatives
 from .errors import NotebookError, UsageError, invalid_input
 
 __all__ = [
@@ -55,10 +54,14 @@ class Parameter:
     help: str = ""
     items: tuple[str, ...] = ()  # for a list: its elements' JSON types; empty means any
     # JSON Schema validation keywords (``enum``, ``minimum``, ``minItems``...), for the
-    # value and for a list's elements; read-only.
+    # value and for a list's elements; read-only. For a union they are what every member
+    # asks; ``any_of``, when set, holds each member's own form (JSON Schema's anyOf), and
+    # a value must meet one of them (``item_any_of``: the same for the elements).
     rules: dict[str, Any] = field(default_factory=dict)
     item_rules: dict[str, Any] = field(default_factory=dict)
     unknown: tuple[str, ...] = ()  # Annotated metadata nb2task does not check, as written
+    any_of: tuple[Form, ...] = ()
+    item_any_of: tuple[Form, ...] = ()
 
     @property
     def required(self) -> bool:
@@ -71,31 +74,31 @@ class Parameter:
 
     @property
     def type_label(self) -> str:
-        label = " | ".join(self.types) if self.types else "any"
-        if self.items:
-            label = label.replace("array", f"array of {' | '.join(self.items)}")
-        return label
+        return self.form.type_label
 
     @property
     def rules_label(self) -> str:
-        """The constraints in a few words (``one of ['a', 'b']``, ``>= 0, <= 10``), or ''."""
-        words = [phrase(k, v) for k, v in self.rules.items()]
-        if self.item_rules:
-            words.append("each " + ", ".join(phrase(k, v) for k, v in self.item_rules.items()))
-        return ", ".join(words)
+        """The constraints in a few words (``one of ['a', 'b']``, ``>= 0, <= 10``,
+        ``array of string (at least 1 item(s)) or one of ['all']``), or ''."""
+        if self.any_of:
+            return alternatives(self.any_of)
+        return ", ".join(self.form.rule_words)
+
+    @cached_property
+    def form(self) -> Form:
+        """The merged form: the types, and the rules every value meets."""
+        return Form(self.types, self.items, self.rules, self.item_rules, self.item_any_of)
+
+    @property
+    def forms(self) -> tuple[Form, ...]:
+        """The forms a value may take: ``any_of``, or the one merged form."""
+        return self.any_of or (self.form,)
 
     def json_schema(self) -> dict[str, Any]:
-        schema: dict[str, Any] = {}
-        if len(self.types) == 1:
-            schema["type"] = self.types[0]
-        elif self.types:
-            schema["type"] = list(self.types)
-        schema.update(copy_rules(self.rules))
-        if self.items or self.item_rules:
-            items: dict[str, Any] = {}
-            if self.items:
-                items["type"] = self.items[0] if len(self.items) == 1 else list(self.items)
-            schema["items"] = {**items, **copy_rules(self.item_rules)}
+        if self.any_of:
+            schema: dict[str, Any] = {"anyOf": [f.json_schema() for f in self.any_of]}
+        else:
+            schema = self.form.json_schema()
         if not self.required and not self.computed:
             schema["default"] = self.default
         if self.help:
@@ -115,11 +118,11 @@ class Parameter:
         """Return ``value`` (an int widened to float where a number is wanted), or raise
         InvalidInput: a wrong type, or a value its constraints refuse."""
         try:
-            value = self._typed(value)
-            self._enforce(value)
+            if self.any_of:
+                return accept_any(self._label, value, self.any_of)
+            return self.form.accept(self._label, value)
         except Refused as refused:
             raise invalid_input(str(refused)) from None
-        return value
 
     def default_violation(self) -> str | None:
         """Why the literal default breaks the parameter's own constraints, or None (a
@@ -127,57 +130,21 @@ class Parameter:
         if self.required or self.computed:
             return None
         try:
-            value = self._typed(self.default)
+            value = self.form.typed(self._label, self.default)
         except Refused:
             return None
         try:
-            self._enforce(value)
+            if self.any_of:
+                accept_any(self._label, self.default, self.any_of)
+            else:
+                self.form.enforce(self._label, value)
         except Refused as refused:
             return str(refused)
         return None
 
-    def _typed(self, value: Any) -> Any:
-        if isinstance(value, float) and not math.isfinite(value):
-            raise Refused(
-                f"parameter '{self.name}' must be a finite number, got {value!r} "
-                "(NaN and infinity are not JSON)"
-            )
-        matched = next((t for t in self.types if is_json_type(value, t)), None)
-        if self.types and matched is None:
-            raise Refused(
-                f"parameter '{self.name}' must be {self.type_label}, "
-                f"got {type(value).__name__} {short(value)}"
-            )
-        if matched in (None, "array") and isinstance(value, list | tuple) and self.items:
-            return [self._typed_element(i, element) for i, element in enumerate(value)]
-        return float(value) if matched == "number" else value
-
-    def _typed_element(self, index: int, element: Any) -> Any:
-        if isinstance(element, float) and not math.isfinite(element):
-            raise Refused(f"parameter '{self.name}'[{index}] must be a finite number")
-        for json_type in self.items:
-            if is_json_type(element, json_type):
-                return float(element) if json_type == "number" else element
-        raise Refused(
-            f"parameter '{self.name}'[{index}] must be {' | '.join(self.items)}, "
-            f"got {type(element).__name__} {short(element)}"
-        )
-
-    def _enforce(self, value: Any) -> None:
-        enforce(f"parameter '{self.name}'", value, self.rules, self._enum_keys)
-        if self.item_rules and isinstance(value, list | tuple):
-            keys = self._item_enum_keys
-            for index, element in enumerate(value):
-                enforce(f"parameter '{self.name}'[{index}]", element, self.item_rules, keys)
-
-    # Sets, so that a long Literal and a long list cost one lookup an element.
-    @cached_property
-    def _enum_keys(self) -> frozenset[tuple[Any, ...] | None]:
-        return frozenset(enum_key(v) for v in self.rules.get("enum", ()))
-
-    @cached_property
-    def _item_enum_keys(self) -> frozenset[tuple[Any, ...] | None]:
-        return frozenset(enum_key(v) for v in self.item_rules.get("enum", ()))
+    @property
+    def _label(self) -> str:
+        return f"parameter '{self.name}'"
 
 
 @dataclass(frozen=True)
@@ -349,6 +316,8 @@ def parameter_from_node(node: ast.stmt, comments: dict[int, str] | None = None) 
         shape.rules,
         shape.item_rules,
         shape.unknown,
+        shape.any_of,
+        shape.item_any_of,
     )
 
 

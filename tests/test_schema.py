@@ -373,11 +373,166 @@ def test_a_union_never_refuses_what_one_of_its_members_accepts() -> None:
     )
     a, b, c, d = schema.parameters
     assert a.rules == {} and a.check(-1.5) == -1.5
-    assert b.rules == {"minimum": 0}
+    assert b.rules == {"minimum": 0}  # what every member asks
     assert c.rules == {} and c.check(7) == 7
     assert d.rules == {"minLength": 1} and d.check([]) == []  # a list has no minLength
     with pytest.raises(InvalidInput, match="at least 1 character"):
         d.check("")
+
+
+def test_a_union_merges_into_one_form_where_that_is_exact() -> None:
+    # The merged form (one type list, the shared rules) where it accepts exactly what
+    # the members do: the JSON Schemas these had before anyOf existed.
+    schema = ParameterSchema.from_source(
+        "a: Optional[Annotated[int, Ge(0)]] = None\n"
+        "b: Literal['a', 'b'] | Literal['c'] = 'a'\n"
+        "c: Literal['a'] | Literal[1] | None = None\n"
+        "d: Annotated[int, Ge(0)] | float = 1\n"
+        "e: Annotated[str, MinLen(1)] | list[str] = 'x'\n"
+        "f: Annotated[list[str], MinLen(1)] | list[str] | None = None\n"
+        "g: int | str | None = None\n"
+        "h: Union[Annotated[int, Ge(3)], Annotated[int, Ge(1)], Annotated[int, Ge(2)]] = 1\n"
+    )
+    shown = {p.name: (p.json_schema(), p.any_of) for p in schema.parameters}
+    assert shown == {
+        "a": ({"type": ["integer", "null"], "minimum": 0, "default": None}, ()),
+        "b": ({"type": "string", "enum": ["a", "b", "c"], "default": "a"}, ()),
+        "c": ({"type": ["string", "integer", "null"], "enum": ["a", 1, None], "default": None}, ()),
+        "d": ({"type": ["integer", "number"], "default": 1}, ()),
+        "e": (
+            {
+                "type": ["string", "array"],
+                "minLength": 1,
+                "items": {"type": "string"},
+                "default": "x",
+            },
+            (),
+        ),
+        "f": ({"type": ["array", "null"], "items": {"type": "string"}, "default": None}, ()),
+        "g": ({"type": ["integer", "string", "null"], "default": None}, ()),
+        "h": ({"type": "integer", "minimum": 1, "default": 1}, ()),
+    }
+    a, b = schema.parameters[:2]
+    assert a.check(None) is None and a.check(0) == 0
+    with pytest.raises(InvalidInput, match=r"^parameter 'a' must be >= 0, got -1$"):
+        a.check(-1)
+    with pytest.raises(InvalidInput, match=r"^parameter 'b' must be one of \['a', 'b', 'c'\]"):
+        b.check("d")
+
+
+ASSETS = (
+    "from typing import Annotated, Literal\nfrom annotated_types import MinLen\n"
+    "payload = 'x.json'\n"
+    "assets: Annotated[list[str], MinLen(1)] | Literal['all', 'ALL'] = 'all'  # what to copy\n"
+)
+
+
+def test_a_union_a_merged_form_would_loosen_is_any_of_its_members() -> None:
+    [assets] = ParameterSchema.from_source(ASSETS).parameters
+    assert assets.json_schema() == {
+        "anyOf": [
+            {"type": "array", "minItems": 1, "items": {"type": "string"}},
+            {"type": "string", "enum": ["all", "ALL"]},
+        ],
+        "default": "all",
+        "description": "what to copy",
+    }
+    assert assets.type_label == "array of string | string"
+    assert assets.rules_label == "array of string (at least 1 item(s)) or one of ['all', 'ALL']"
+    assert assets.check(["red"]) == ["red"] and assets.check("ALL") == "ALL"
+    must = (
+        "parameter 'assets' must be array of string (at least 1 item(s)) or one of ['all', 'ALL']"
+    )
+    for value, got in (("some", "'some'"), ([], "[]"), ([1], "[1]"), (5, "5"), (None, "None")):
+        with pytest.raises(InvalidInput) as raised:
+            assets.check(value)
+        assert str(raised.value) == f"{must}, got {got}"
+    with pytest.raises(InvalidInput) as raised:
+        assets.check("x" * 10_000)
+    assert str(raised.value).startswith(f"{must}, got 'xxx") and len(str(raised.value)) < 200
+    # The same from the payload, -p and a default that breaks it.
+    schema = ParameterSchema.from_source(ASSETS.replace("= 'all'", "= 'some'"))
+    assert schema.resolve({}, {}, {"assets": '["a", "b"]'}) == {"assets": ["a", "b"]}
+    assert schema.resolve({"assets": "all"}) == {"assets": "all"}
+    assert schema.parameters[0].default_violation() == f"{must}, got 'some'"
+
+
+def test_any_of_members_keep_their_own_rules_and_types() -> None:
+    schema = ParameterSchema.from_source(
+        "b: Annotated[int, Ge(0)] | Annotated[float, Ge(5)] = 1\n"
+        "c: Literal['x'] | int = 1\n"
+        "g: list[int] | list[str] = []\n"
+        "h: list[Annotated[int, Ge(0)] | Literal['x']] = []\n"
+        "k: Annotated[Literal['a'] | int, Ge(0)] = 0\n"
+        "m: int | None | Annotated[float, Ge(0)] = None\n"
+        "o: Optional[Literal['a'] | bool] = None\n"
+    )
+    js = {p.name: p.json_schema() for p in schema.parameters}
+    assert js["b"]["anyOf"] == [{"type": "integer", "minimum": 0}, {"type": "number", "minimum": 5}]
+    assert js["c"]["anyOf"] == [{"type": "string", "enum": ["x"]}, {"type": "integer"}]
+    assert js["g"]["anyOf"] == [
+        {"type": "array", "items": {"type": "integer"}},
+        {"type": "array", "items": {"type": "string"}},
+    ]
+    assert js["h"] == {
+        "type": "array",
+        "items": {"anyOf": [{"type": "integer", "minimum": 0}, {"type": "string", "enum": ["x"]}]},
+        "default": [],
+    }
+    assert js["k"]["anyOf"] == [
+        {"type": "string", "enum": ["a"]},
+        {"type": "integer", "minimum": 0},
+    ]
+    assert js["m"]["anyOf"] == [{"type": ["integer", "null"]}, {"type": "number", "minimum": 0}]
+    assert js["o"]["anyOf"] == [{"type": "string", "enum": ["a"]}, {"type": ["boolean", "null"]}]
+    b, c, g, h, k, m, o = schema.parameters
+    # The first member that accepts a value types it: an int stays an int where the
+    # integer member takes it, and is widened where only the number member does.
+    assert (b.check(3), b.check(7.5)) == (3, 7.5) and type(b.check(3)) is int
+    assert c.check("x") == "x" and g.check([1]) == [1] and g.check(["a"]) == ["a"]
+    assert h.check([0, "x", 2]) == [0, "x", 2] and k.check(0) == 0 and m.check(-2) == -2
+    assert (o.check(None), o.check(True), o.check("a")) == (None, True, "a")
+    refused = [
+        (b, 2.5, "parameter 'b' must be integer (>= 0) or number (>= 5), got 2.5"),
+        (c, "y", "parameter 'c' must be one of ['x'] or integer, got 'y'"),
+        (g, [1, "a"], "parameter 'g' must be array of integer or array of string, got [1, 'a']"),
+        (h, [0, -1], "parameter 'h'[1] must be integer (>= 0) or one of ['x'], got -1"),
+        (k, -1, "parameter 'k' must be one of ['a'] or integer (>= 0), got -1"),
+        (m, -0.5, "parameter 'm' must be integer | null or number (>= 0), got -0.5"),
+        (o, "b", "parameter 'o' must be one of ['a'] or boolean | null, got 'b'"),
+        (b, float("nan"), "parameter 'b' must be a finite number, got nan"),
+    ]
+    for param, value, message in refused:
+        with pytest.raises(InvalidInput) as raised:
+            param.check(value)
+        assert str(raised.value).startswith(message), (value, str(raised.value))
+
+
+def test_hostile_unions_are_read_quickly_and_shown_shortly() -> None:
+    import time
+
+    started = time.monotonic()
+    wide = " | ".join(f"Literal['v{i}'] | Annotated[int, Ge({i}), Le({i})]" for i in range(500))
+    literals = "Union[" + ", ".join(f"Literal['v{i}']" for i in range(1000)) + ", None]"
+    deep = "Union[str, " * 60 + "Annotated[int, Ge(0)]" + "]" * 60
+    chain = " | ".join(["int"] * 2000)
+    schema = ParameterSchema.from_source(
+        f"wide: {wide} = 0\nliterals: {literals} = None\ndeep: {deep} = 0\nchain: {chain} = 0\n"
+    )
+    assert time.monotonic() - started < 10
+    wide_p, literals_p, deep_p, chain_p = schema.parameters
+    # 500 integer members and the Literals' values, merged into one enum.
+    assert len(wide_p.any_of) == 501 and len(wide_p.any_of[0].rules["enum"]) == 500
+    assert (wide_p.check(499), wide_p.check("v3")) == (499, "v3")
+    with pytest.raises(InvalidInput) as raised:
+        wide_p.check(500)
+    message = str(raised.value)
+    assert message.endswith("or ... (501 alternatives), got 500") and len(message) < 300
+    assert "\n" not in wide_p.rules_label and len(wide_p.rules_label) < 250
+    # A union of Literals and None stays one enum.
+    assert literals_p.any_of == () and len(literals_p.json_schema()["enum"]) == 1001
+    assert deep_p.json_schema() == {"type": ["string", "integer"], "minimum": 0, "default": 0}
+    assert chain_p.json_schema() == {"type": "integer", "default": 0}
 
 
 def test_unknown_metadata_is_kept_and_not_checked() -> None:
