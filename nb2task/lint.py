@@ -9,14 +9,20 @@ from __future__ import annotations
 
 import ast
 import functools
+import itertools
 import json
+import math
 import re
 import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
+from stactask.exceptions import InvalidInput
+
+from .constraints import Form
 from .errors import NotebookError
 from .notebook import (
     METADATA_KEY,
@@ -27,7 +33,7 @@ from .notebook import (
     normalise_task_name,
     parameters_cell,
 )
-from .schema import RESERVED, ConstraintError, parameter_from_node
+from .schema import RESERVED, ConstraintError, Parameter, parameter_from_node
 
 ERROR = "error"
 WARNING = "warning"
@@ -42,8 +48,17 @@ KNOWN_CONSTRAINTS = (
     "Literal[...] and, in Annotated[...], annotated-types' Gt, Ge, Lt, Le, Interval, "
     "MultipleOf, MinLen, MaxLen, Len and pydantic's Field bounds"
 )
-# A sample value to suggest for a parameter without one, by its JSON type.
-SAMPLES = {"integer": "0", "number": "0.0", "string": '""', "boolean": "False", "array": "[]"}
+# A sample value to suggest for a parameter without one, by its JSON type (then, if the
+# parameter's constraints refuse it, one computed from them).
+SAMPLES: dict[str, Any] = {
+    "integer": 0,
+    "number": 0.0,
+    "string": "",
+    "boolean": False,
+    "array": [],
+    "object": {},
+    "null": None,
+}
 PIP_INSTALL = re.compile(r"(^|[\s!%'\"\[,])(pip3?|conda|mamba|uv pip)['\"]?[\s,]+['\"]?install\b")
 
 
@@ -207,15 +222,18 @@ def _constraints(notebook: Notebook) -> Iterator[Finding]:
         final = notebook.schema.get(param.name)
         if isinstance(node, ast.AnnAssign) and node.value is None and final and final.required:
             declared = f"{param.name}: {ast.unparse(node.annotation)}"
-            sample = SAMPLES.get(param.types[0], "None") if param.types else "None"
-            if "enum" in param.rules:
-                sample = repr(param.rules["enum"][0])
+            sample = _sample(param)
+            suggested = (
+                f"(`{declared} = {sample}`)"
+                if sample is not None
+                else f"(`{declared} = ...`, a value that meets its constraints)"
+            )
             yield Finding(
                 "required-without-default",
                 WARNING,
                 f"`{declared}` has no value: in plain Jupyter the notebook stops with a "
                 f"NameError where `{param.name}` is first used. A sample value "
-                f"(`{declared} = {sample}`) lets it run there and the payload still "
+                f"{suggested} lets it run there and the payload still "
                 "overrides it, but then a payload that leaves it out runs on that value "
                 "instead of being refused",
                 number,
@@ -239,6 +257,77 @@ def _constraints(notebook: Notebook) -> Iterator[Finding]:
                 number,
                 node.lineno,
             )
+
+
+def _sample(param: Parameter) -> str | None:
+    """A value to suggest for ``param``, as Python source, that its own constraints
+    accept (``None`` for a parameter of any type); None when none comes simply."""
+    if not param.types:
+        return "None"
+    for form in param.forms:
+        for value in _candidates(form):
+            try:
+                param.check(value)
+            except InvalidInput:
+                continue
+            return '""' if value == "" else repr(value)
+    return None
+
+
+def _candidates(form: Form) -> Iterator[Any]:
+    """Values that may meet ``form``: its first allowed values, else by each of its
+    types the plain sample, then one at a bound (``Ge(5)``: 5, ``MinLen(2)``: 2 items)."""
+    if "enum" in form.rules:
+        yield from form.rules["enum"][:20]
+        return
+    if not form.types:
+        yield None
+    rules = form.rules
+    for json_type in form.types:
+        yield SAMPLES[json_type]
+        if json_type in ("integer", "number"):
+            yield from _numbers(rules, json_type == "integer")
+        elif json_type == "string" and rules.get("minLength", 0) <= 40:
+            yield "x" * rules.get("minLength", 0)
+        elif json_type == "array" and rules.get("minItems", 0) <= 10:
+            element = Form(form.items, rules=form.item_rules)
+            elements = form.item_any_of or (element,)
+            for sample in (v for f in elements for v in itertools.islice(_candidates(f), 20)):
+                if _accepted(elements, sample):
+                    yield [sample] * rules.get("minItems", 0)
+                    break
+
+
+def _numbers(rules: dict[str, Any], integer: bool) -> Iterator[int | float]:
+    """Numbers at, next to and between the bounds, and the multiples of ``multipleOf``
+    nearest them."""
+    bounds = [Fraction(repr(rules[k])) for k in _BOUND_ORDER if k in rules]
+    near = [n for b in bounds for n in (b, b + 1, b - 1)]
+    if len(bounds) > 1:
+        near.append((min(bounds) + max(bounds)) / 2)
+    step = Fraction(repr(rules["multipleOf"])) if "multipleOf" in rules else None
+    for number in near:
+        for value in (number, Fraction(math.ceil(number)), Fraction(math.floor(number))):
+            if step:
+                yield from (_as_number(n, integer) for n in _multiples(value, step))
+            yield _as_number(value, integer)
+
+
+_BOUND_ORDER = ("minimum", "exclusiveMinimum", "maximum", "exclusiveMaximum")
+
+
+def _multiples(number: Fraction, step: Fraction) -> tuple[Fraction, Fraction]:
+    return math.ceil(number / step) * step, math.floor(number / step) * step
+
+
+def _as_number(number: Fraction, integer: bool) -> int | float:
+    if integer:
+        return math.ceil(number) if number.denominator != 1 else int(number)
+    return float(number)
+
+
+def _accepted(forms: tuple[Form, ...], value: Any) -> bool:
+    return any(f.accepts(value) for f in forms)
 
 
 def _assignment(node: ast.stmt) -> tuple[str | None, ast.expr | None, ast.expr | None]:

@@ -129,6 +129,48 @@ def test_parameters_cell_constraints(tmp_path: Path) -> None:
     assert messages[5].endswith("parameter 'limit' must be >= 0, got -1")
 
 
+def test_the_suggested_sample_value_meets_the_constraints(tmp_path: Path) -> None:
+    declarations = {
+        "n: int": "0",
+        "assets: Annotated[list[str], MinLen(1)]": "['']",
+        "keys: Annotated[list[str], MinLen(1)] | Literal['all', 'ALL']": "['']",
+        "size: Annotated[int, Ge(5)]": "5",
+        "mode: Literal['b', 'a']": "'b'",
+        "ratio: Annotated[float, Gt(0), Lt(1)]": "0.5",
+        "step: Annotated[float, Ge(0.25), MultipleOf(0.1)]": "0.3",
+        "even: Annotated[int, Gt(5), MultipleOf(4)]": "8",
+        "name: Annotated[str, Len(3, 5)]": "'xxx'",
+        "bands: Annotated[list[Literal['red', 'nir']], MinLen(2)]": "['red', 'red']",
+        "low: Annotated[int, Le(-3)] | None": "-3",
+        "options: dict": "{}",
+    }
+    nb = write_notebook(
+        tmp_path / "samples.ipynb",
+        "from typing import Annotated, Literal\n"
+        "from annotated_types import Ge, Gt, Le, Len, Lt, MinLen, MultipleOf\n"
+        'payload = "x.json"\n' + "\n".join(declarations) + "\n"
+        "table: Annotated[dict, MinLen(1)]\nlong: Annotated[str, MinLen(1000)]",
+        "import nb2task\nnb2task.emit([])",
+    )
+    findings = lint(nb)
+    assert {f.code for f in findings} == {"required-without-default"}
+    suggested = [f.message.split("A sample value ")[1].split(" lets it run")[0] for f in findings]
+    assert suggested == [f"(`{d} = {v}`)" for d, v in declarations.items()] + [
+        "(`table: Annotated[dict, MinLen(1)] = ...`, a value that meets its constraints)",
+        "(`long: Annotated[str, MinLen(1000)] = ...`, a value that meets its constraints)",
+    ]
+    # Each suggestion is a default the parameter takes: with it, lint finds nothing.
+    for declaration, value in declarations.items():
+        nb = write_notebook(
+            tmp_path / "one.ipynb",
+            "from typing import Annotated, Literal\n"
+            "from annotated_types import Ge, Gt, Le, Len, Lt, MinLen, MultipleOf\n"
+            f'payload = "x.json"\n{declaration} = {value}',
+            "import nb2task\nnb2task.emit([])",
+        )
+        assert found(nb) == [], declaration
+
+
 def test_a_constraint_that_cannot_be_read_is_an_error(tmp_path: Path) -> None:
     nb = write_notebook(
         tmp_path / "bad.ipynb",
