@@ -99,8 +99,8 @@ class Form:
         return schema
 
     def accept(self, label: str, value: Any) -> Any:
-        """``value`` (an int widened to float where a number is wanted), or Refused: a
-        wrong type, or a value the rules refuse."""
+        """``value`` (as given: an int stays an int where a number is wanted, as stactask
+        passes it), or Refused: a wrong type, or a value the rules refuse."""
         value = self.typed(label, value)
         self.enforce(label, value)
         return value
@@ -113,8 +113,8 @@ class Form:
         return True
 
     def typed(self, label: str, value: Any) -> Any:
-        """``value`` widened, or Refused when it is not of this form's types (nor its
-        elements of the elements')."""
+        """``value``, or Refused when it is not of this form's types (nor its elements of
+        the elements')."""
         if isinstance(value, float) and not math.isfinite(value):
             raise Refused(
                 f"{label} must be a finite number, got {value!r} (NaN and infinity are not JSON)"
@@ -131,14 +131,14 @@ class Form:
                 ]
             if self.items:
                 return [self._typed_element(f"{label}[{i}]", e) for i, e in enumerate(value)]
-        return float(value) if matched == "number" else value
+        return value
 
     def _typed_element(self, label: str, element: Any) -> Any:
         if isinstance(element, float) and not math.isfinite(element):
             raise Refused(f"{label} must be a finite number")
         for json_type in self.items:
             if is_json_type(element, json_type):
-                return float(element) if json_type == "number" else element
+                return element
         raise Refused(
             f"{label} must be {' | '.join(self.items)}, "
             f"got {type(element).__name__} {short(element)}"

@@ -115,8 +115,9 @@ class Parameter:
             return text
 
     def check(self, value: Any) -> Any:
-        """Return ``value`` (an int widened to float where a number is wanted), or raise
-        InvalidInput: a wrong type, or a value its constraints refuse."""
+        """Return ``value`` (as given: an int where a float is declared stays an int, as
+        stactask passes it), or raise InvalidInput: a wrong type, or a value its
+        constraints refuse."""
         try:
             if self.any_of:
                 return accept_any(self._label, value, self.any_of)

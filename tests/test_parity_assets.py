@@ -55,8 +55,7 @@ MISSING_OBJECT = "a missing S3 object: stactask FAILED (stac-asset's error), nb2
 # (nb2task/schema.py, Parameter._typed): scale 3 reaches the notebook as 3.0, and what it
 # writes says 3.0 (in the derived file, in the item's properties) where stactask, which
 # hands process() the JSON value as it is, writes 3.
-INT_FOR_FLOAT = "an int for a float parameter: nb2task passes 3.0, stactask 3"
-KNOWN_DIFFERENCES = {"missing-object": MISSING_OBJECT, "int-for-a-float-parameter": INT_FOR_FLOAT}
+KNOWN_DIFFERENCES = {"missing-object": MISSING_OBJECT}
 # nb2task appends where a cell raised to an InvalidInput's message (documented in
 # docs/notebook-contract.md#errors); the task's own message comes first.
 CELL_SUFFIX = re.compile(r" \(notebook cell In \[\d+\], line \d+: .*\)$", re.DOTALL)

@@ -64,12 +64,13 @@ def test_json_schema(schema: ParameterSchema) -> None:
     assert js["additionalProperties"] is False
 
 
-def test_resolve_precedence_and_widening(schema: ParameterSchema) -> None:
+def test_resolve_precedence_and_values_as_given(schema: ParameterSchema) -> None:
     resolved = schema.resolve(
         {"threshold": 1, "count": 3}, {"threshold": 0.9, "scale": 5, "other": 1}
     )
-    assert resolved == {"threshold": 1.0, "count": 3, "scale": 5}
-    assert isinstance(resolved["threshold"], float)
+    assert resolved == {"threshold": 1, "count": 3, "scale": 5}
+    # An int where a float is declared stays an int, as stactask passes it.
+    assert type(resolved["threshold"]) is int
     # -p strings are parsed by each parameter's type and win over the payload.
     assert schema.resolve({"count": 3}, {}, {"threshold": "0.5", "count": "4"}) == {
         "threshold": 0.5,
@@ -167,8 +168,8 @@ def test_cli_values_by_declared_type() -> None:
     )
     # A string parameter takes the text as it is, even when it looks like JSON.
     resolved = schema.resolve({}, {}, {"name": "42", "ratio": "1", "flag": "true"})
-    assert resolved == {"name": "42", "ratio": 1.0, "flag": True}  # defaults: the notebook's
-    assert isinstance(resolved["ratio"], float)
+    assert resolved == {"name": "42", "ratio": 1, "flag": True}  # defaults: the notebook's
+    assert type(resolved["ratio"]) is int  # as given
     with pytest.raises(InvalidInput, match=r"^parameter 'items' must be array, got str 'a,b'"):
         schema.resolve({}, {}, {"items": "a,b"})
 
@@ -273,7 +274,7 @@ def test_constraints_land_in_the_json_schema(constrained: ParameterSchema) -> No
         ),
         ({"count": -1}, "parameter 'count' must be >= 0, got -1"),
         ({"count": 11}, "parameter 'count' must be <= 10, got 11"),
-        ({"ratio": 0}, "parameter 'ratio' must be > 0, got 0.0"),
+        ({"ratio": 0}, "parameter 'ratio' must be > 0, got 0"),
         ({"ratio": 1.5}, "parameter 'ratio' must be <= 1, got 1.5"),
         ({"step": 0.35}, "parameter 'step' must be a multiple of 0.1, got 0.35"),
         ({"name": ""}, "parameter 'name' must be at least 1 character(s) long, got '' (length 0)"),
@@ -486,8 +487,7 @@ def test_any_of_members_keep_their_own_rules_and_types() -> None:
     assert js["m"]["anyOf"] == [{"type": ["integer", "null"]}, {"type": "number", "minimum": 0}]
     assert js["o"]["anyOf"] == [{"type": "string", "enum": ["a"]}, {"type": ["boolean", "null"]}]
     b, c, g, h, k, m, o = schema.parameters
-    # The first member that accepts a value types it: an int stays an int where the
-    # integer member takes it, and is widened where only the number member does.
+    # The first member that accepts a value types it; values stay as given.
     assert (b.check(3), b.check(7.5)) == (3, 7.5) and type(b.check(3)) is int
     assert c.check("x") == "x" and g.check([1]) == [1] and g.check(["a"]) == ["a"]
     assert h.check([0, "x", 2]) == [0, "x", 2] and k.check(0) == 0 and m.check(-2) == -2
