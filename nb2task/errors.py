@@ -108,8 +108,12 @@ class NotebookDiedError(Nb2TaskError, DeadKernelError):
     could not start (an nbclient DeadKernelError, as code written for papermill expects)."""
 
 
-class Terminated(Nb2TaskError):
-    """The process was asked to stop (SIGTERM: a Batch job timeout or cancellation)."""
+class Terminated(KeyboardInterrupt):
+    """The process was asked to stop (SIGTERM: a Batch job timeout or cancellation).
+
+    A KeyboardInterrupt, as SIGINT's is, and for the same reason: raised by the signal
+    handler wherever the main thread is, it must not be swallowed by an ``except
+    Exception`` there (logging's own, around every log line, did: the run went on)."""
 
 
 class InvalidItemError(Nb2TaskError):

@@ -152,8 +152,12 @@ def test_failure_record_goes_where_the_first_input_item_would(
     publication = Publication(payload, upload=True, html=False, fallback_prefix=None)
     publication.publish_failure_record(executed_notebook(tmp_path))
     assert publication.record_uploaded
-    # A failed run's record is always rendered as HTML too.
-    assert keys(s3, bucket) == {"failed/in-1/task.executed.ipynb", "failed/in-1/task.executed.html"}
+    # Under the first item's own collection, where its outputs would have been uploaded
+    # (stactask's rule), not the one the matchers assign; always rendered as HTML too.
+    assert keys(s3, bucket) == {
+        "test-collection/in-1/task.executed.ipynb",
+        "test-collection/in-1/task.executed.html",
+    }
 
 
 def test_failure_record_upload_failing_does_not_raise(tmp_path: Path, s3: Any) -> None:

@@ -347,6 +347,33 @@ def test_sigterm_keeps_the_record_and_says_so(tmp_path: Path, write_json) -> Non
     assert (workdir / "long.executed.ipynb").exists()
 
 
+def test_a_sigterm_in_the_middle_of_a_log_line_still_ends_the_run() -> None:
+    """The SIGTERM handler raises wherever the main thread is: inside a log line too,
+    where logging catches every Exception (it printed the error and the run went on,
+    past the signal, until its notebook ended: a CI run saw it)."""
+    import logging
+
+    from nb2task.errors import Terminated
+
+    class SignalledWhileWriting:
+        """stderr, as the signal comes while a line is being written to it."""
+
+        def write(self, text: str) -> int:
+            raise Terminated("stopped by SIGTERM (job timeout or cancellation)")
+
+        def flush(self) -> None:
+            pass
+
+    logger = logging.getLogger("nb2task.test-sigterm")
+    handler = logging.StreamHandler(SignalledWhileWriting())
+    logger.addHandler(handler)
+    try:
+        with pytest.raises(Terminated):
+            logger.warning("a line being written when the signal comes")
+    finally:
+        logger.removeHandler(handler)
+
+
 def test_jupytext_py_notebook(tmp_path: Path, write_json) -> None:
     nb = tmp_path / "as_script.py"
     nb.write_text(
