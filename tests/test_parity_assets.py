@@ -298,19 +298,6 @@ def test_port_downloads_and_uploads_as_the_original(
         assert expected.get("names", "") in port.message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="docs/porting.md says to call stactask's helpers on the class (Task.helper(item)); "
-    "add_software_version_to_item then records Task's name and version, not the task's",
-)
-def test_the_software_version_helper_called_as_porting_md_says() -> None:
-    """The port writes processing:software itself; porting.md's way would not do."""
-    from stactask import Task
-
-    as_ported = Task.add_software_version_to_item({})["properties"]
-    assert as_ported == ORIGINAL.AssetTask.add_software_version_to_item({})["properties"]
-
-
 def test_committed_notebook_is_what_the_generator_writes() -> None:
     committed = nbformat.read(NOTEBOOK, as_version=4)
     assert committed == GENERATOR.notebook(), f"rerun {HERE / 'make_notebook.py'}"

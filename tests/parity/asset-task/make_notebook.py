@@ -98,12 +98,13 @@ CELLS: list[tuple[str, list[str]]] = [
         [],
     ),
     (
-        "# self.add_software_version_to_item(item): stactask's classmethod names the class's\n"
-        "# own name and version, so it is written out here with the notebook's.\n"
+        "# self.add_software_version_to_item(item): the running task's name and version\n"
+        "# (stactask's classmethod, called on Task, would name Task's).\n"
+        "run = nb2task.read_payload(payload)\n"
         'PROCESSING = "https://stac-extensions.github.io/processing/v1.1.0/schema.json"\n'
         "for out in outputs:\n"
         '    out["stac_extensions"] = sorted({*out.get("stac_extensions", []), PROCESSING})\n'
-        '    out["properties"]["processing:software"] = {"asset-task": "0.1.0"}\n'
+        '    out["properties"]["processing:software"] = {run.task_name: run.task_version}\n'
         "nb2task.emit(outputs)",
         [],
     ),
