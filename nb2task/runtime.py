@@ -30,7 +30,7 @@ EMIT_MIMETYPE = "application/vnd.nb2task.items+json"
 EMIT_DIR_ENV = "NB2TASK_EMIT_DIR"
 EMITTED_FILE = re.compile(r"emitted-\d{4,}\.json")
 SUMMARY_IDS = 20
-# Beside a task run's input payload (in its workdir): the run's task name and workdir,
+# Beside a task run's input payload (in its workdir): the run's task name, version, workdir,
 # which the kernel cannot otherwise know (a kernel outlives one run's environment).
 RUN_FILE = "nb2task-run.json"
 DOWNLOADS_FOLDER = "input-assets"
