@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import json
 import logging
 import re
@@ -271,7 +272,7 @@ class Notebook:
         schema["additionalProperties"] = self.settings.unknown_options != "error"
         return schema
 
-    @property
+    @functools.cached_property
     def has_validate_cells(self) -> bool:
         """True if cells tagged ``nb2task-validate`` (the task's ``validate()``) exist."""
         return any(VALIDATE_TAG in _tags(c) for c in self.node["cells"] if SKIP_TAG not in _tags(c))
@@ -287,11 +288,9 @@ class Notebook:
         if not validate:
             cells = [c for c in cells if VALIDATE_TAG not in _tags(c)]
         if download_source is not None:
-            anchors = [
-                i for i, c in enumerate(cells) if {VALIDATE_TAG, PARAMETERS_TAG} & {*_tags(c)}
-            ]
-            validates = [i for i in anchors if VALIDATE_TAG in _tags(cells[i])]
-            at = (validates or anchors or [-1])[-1] + 1
+            validates = [i for i, c in enumerate(cells) if VALIDATE_TAG in _tags(c)]
+            parameters = [i for i, c in enumerate(cells) if PARAMETERS_TAG in _tags(c)]
+            at = (validates or parameters or [-1])[-1] + 1
             cells.insert(at, _download_cell(download_source))
         node["cells"] = cells
         return node

@@ -44,35 +44,40 @@ class PayloadView:
     @property
     def process(self) -> dict[str, Any]:
         """``process[0]``: the process definition this task reads (a legacy dict too)."""
+        return copy.deepcopy(self._definition)
+
+    @property
+    def _definition(self) -> dict[str, Any]:
+        """``process[0]`` itself (not a copy: for this class's accessors only)."""
         process = self._document.get("process", [])
         if isinstance(process, dict):
-            return copy.deepcopy(process)
+            return process
         if isinstance(process, list) and process and isinstance(process[0], dict):
-            return copy.deepcopy(process[0])
+            return dict(process[0])
         return {}
 
     @property
     def workflow(self) -> str | None:
-        value = self.process.get("workflow")
+        value = self._definition.get("workflow")
         return value if isinstance(value, str) else None
 
     @property
     def upload_options(self) -> dict[str, Any]:
-        return _mapping(self.process.get("upload_options"))
+        return _mapping(self._definition.get("upload_options"))
 
     @property
     def workflow_options(self) -> dict[str, Any]:
-        return _mapping(self.process.get("workflow_options"))
+        return _mapping(self._definition.get("workflow_options"))
 
     @property
     def collection_options(self) -> dict[str, Any]:
-        return _mapping(self.process.get("collection_options"))
+        return _mapping(self._definition.get("collection_options"))
 
     @property
     def tasks(self) -> dict[str, dict[str, Any]]:
         """Every task's options: ``process[0].tasks`` (a legacy list of
         ``{"name", "parameters"}`` read as stactask reads it)."""
-        tasks = self.process.get("tasks", {})
+        tasks = self._definition.get("tasks", {})
         if isinstance(tasks, list):
             return {
                 entry["name"]: _mapping(entry.get("parameters"))
@@ -127,4 +132,5 @@ class PayloadView:
 
 
 def _mapping(value: Any) -> dict[str, Any]:
-    return dict(value) if isinstance(value, dict) else {}
+    """A copy of ``value`` if it is a mapping, else an empty one."""
+    return copy.deepcopy(value) if isinstance(value, dict) else {}

@@ -46,7 +46,7 @@ def read_items(
     they came: pystac Items (``nb2task.stac_items.Item``), or dicts if ``as_dicts``.
     ``migrate``: migrated to pystac's STAC version instead, as stactask's ``Task.items``
     has them (``self.items_as_dicts`` has them as they came). Nothing is fetched."""
-    features, _ = _read_features(Path(path))
+    features, _, _ = _read_features(Path(path))
     if as_dicts:
         return features
     from . import stac_items
@@ -60,9 +60,7 @@ def read_payload(path: str | os.PathLike[str], task_name: str | None = None) -> 
     The task's name is this run's (or ``task_name``, or the payload's only task)."""
     from .payload_view import PayloadView
 
-    path = Path(path)
-    features, document = _read_features(path)
-    run = _run_facts(path)
+    features, document, run = _read_features(Path(path))
     return PayloadView(
         {**document, "features": features},
         task_name or _str_or_none(run.get("task_name")),
@@ -98,17 +96,14 @@ def download_assets(
         if isinstance(item, Mapping):
             result.append(feature)
             continue
-        new = stac_items.Item.read(feature)
-        if isinstance(item, stac_items.Item):  # it writes back what it read, not this
-            new._read_version, new._read_datetime = item._read_version, item._read_datetime
-            new._read_without_extensions = item._read_without_extensions
-        result.append(new)
+        # The dict was written as the item writes itself back: read again, it says the same.
+        result.append(stac_items.Item.read(feature))
     return result
 
 
-def _read_features(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """A payload file's features (relative local asset hrefs made absolute) and the
-    document; a payload without ``features`` has none."""
+def _read_features(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """A payload file's features (relative local asset hrefs made absolute), the
+    document, and the run's facts beside it; a payload without ``features`` has none."""
     global _run_workdir
     with path.open(encoding="utf-8") as f:
         document = json.load(f)
@@ -124,9 +119,10 @@ def _read_features(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
         for asset in assets.values() if isinstance(assets, dict) else ():
             if isinstance(asset, dict) and isinstance(asset.get("href"), str):
                 asset["href"] = absolute_href(asset["href"], base)
-    workdir = _run_facts(path).get("workdir")
+    run = _run_facts(path)
+    workdir = run.get("workdir")
     _run_workdir = Path(workdir) if isinstance(workdir, str) else None
-    return features, document
+    return features, document, run
 
 
 def _run_facts(payload_path: Path) -> dict[str, Any]:

@@ -1,8 +1,8 @@
 """Checks of STAC items and payloads: the one place for them, for input and output alike.
 
-``check_payload`` is what a payload must be before anything runs (the task's
-``validate`` hook calls it); ``check_item`` is what every item must be, in the input
-payload or emitted by the notebook. Structure is always checked: nb2task relies on
+``check_payload`` is what a payload must be before anything runs (the task checks it
+as it is made, whatever ``--no-validate`` says); ``check_item`` is what every item must
+be, in the input payload or emitted by the notebook. Structure is always checked: nb2task relies on
 it. The STAC core schema is checked unless ``--no-check-schema``.
 """
 
